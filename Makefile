@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv lab lab-down lint unit integration e2e test demo lock clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt scripts/uv-requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r scripts/uv-requirements.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --require-hashes -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+lab:
+	bash tests/lab/up.sh
+
+lab-down:
+	bash tests/lab/down.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+integration: venv lab
+	$(BIN)/python -m pytest tests/integration
+
+e2e: venv lab
+	$(BIN)/python -m pytest tests/e2e
+
+test: venv lint lab
+	$(BIN)/python -m pytest
+
+demo: venv lab
+	$(BIN)/python scripts/demo.py
+
+lock: venv
+	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 requirements.in -o requirements.txt
+	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 requirements-dev.in -o requirements-dev.txt
+	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 scripts/uv-requirements.in -o scripts/uv-requirements.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

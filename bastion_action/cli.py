@@ -1,0 +1,98 @@
+"""argv / ``INPUT_*`` environment -> Settings -> pipeline -> report -> exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+from bastion_action import pipeline, report, settings
+from bastion_action.errors import SettingsError
+from bastion_action.gha import Console
+from bastion_action.report import Result, RunResult
+
+EXIT_SIGNAL_BASE = 128
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bastion-migrate",
+        description="Run database migrations through an SSH bastion. Every input of action.yml is a flag; "
+        "flags win over INPUT_* environment variables.",
+    )
+    for spec in settings.INPUTS:
+        flags = [f"--{spec.name}"]
+        if spec.name == "environment":
+            flags.append("--env")
+        default_text = f" (default: {spec.default})" if spec.default else ""
+        parser.add_argument(*flags, dest=spec.name, metavar="VALUE", help=spec.description + default_text)
+    return parser
+
+
+def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    raw = settings.raw_from_environ(environ)
+    flags = vars(_parser().parse_args(argv))
+    raw.update({name: value for name, value in flags.items() if value is not None})
+    return raw
+
+
+def _secret_inputs(raw: Mapping[str, str]) -> list[str]:
+    values = [raw[spec.name] for spec in settings.INPUTS if spec.secret and raw.get(spec.name, "").strip()]
+    return [form for value in values for form in settings.secret_forms(value)]
+
+
+async def _execute(parsed: settings.Settings, console: Console) -> tuple[RunResult, int | None]:
+    """Run the pipeline; SIGTERM/SIGINT cancel it, and cleanup still runs before we report."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 - always inside asyncio.run
+    received: list[int] = []
+
+    def cancel(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, cancel, signum)
+    try:
+        run = await pipeline.execute(parsed, console)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return run, (received[0] if received else None)
+
+
+def _finish(console: Console, run: RunResult) -> int:
+    if run.error is not None:
+        console.failure(run.error)
+    elif run.cancelled:
+        console.line("cancelled: the run was stopped and its resources released")
+    console.set_outputs(report.outputs(run))
+    console.summary(report.summary(run))
+    return run.process_exit_code
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    console = Console(environ)
+    raw = raw_inputs(sys.argv[1:] if argv is None else argv, environ)
+    console.mask(_secret_inputs(raw))
+    try:
+        parsed = settings.parse(raw, environ)
+    except SettingsError as exc:
+        run = RunResult(
+            environment=raw.get("environment", ""),
+            mode=raw.get("mode", "") or "?",
+            command=raw.get("command", "") or "?",
+            error=exc,
+        )
+        return _finish(console, run)
+    console.mask(parsed.secrets)
+    run, signum = asyncio.run(_execute(parsed, console))
+    code = _finish(console, run)
+    if signum is not None and run.result is not Result.SUCCESS:
+        return EXIT_SIGNAL_BASE + signum
+    return code

@@ -1,0 +1,93 @@
+"""Lightweight mode: the command as a subprocess on the runner, output streamed live."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from bastion_action.errors import CommandError, SettingsError
+
+TERMINATE_GRACE_SECONDS = 5.0
+_LINE_LIMIT = 1 << 20  # a long traceback line must not break the stream
+
+
+def resolve_python(python: str, working_directory: Path) -> str:
+    """The interpreter as an absolute path; an error names the input when it is missing."""
+    if os.sep in python:
+        path = Path(python)
+        if not path.is_absolute():
+            path = working_directory / path
+        if os.access(path, os.X_OK) and path.is_file():
+            return str(path)
+    else:
+        found = shutil.which(python)
+        if found:
+            return found
+    raise SettingsError(
+        f"python: expected an interpreter name on PATH or an absolute path, {python!r} was not found",
+        hint="Install Python on the runner, or give the interpreter's path in the 'python' input.",
+    )
+
+
+def check_working_directory(path: Path) -> None:
+    if not path.is_dir():
+        raise SettingsError(
+            f"working-directory: expected an existing directory, {str(path)!r} is not one",
+            hint="Check out the repository first (actions/checkout) and give the directory holding manage.py.",
+        )
+
+
+def _kill_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    on_line: Callable[[str], None],
+    tail: collections.deque[str],
+) -> int:
+    """Run ``argv``; every output line goes to ``on_line`` and ``tail``. Returns the exit code.
+
+    The child gets its own process group; whatever ends this coroutine
+    (completion, cancellation, timeout) leaves no process of that group behind.
+    """
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            limit=_LINE_LIMIT,
+        )
+    except OSError as exc:
+        raise CommandError(f"cannot start {argv[0]}: {exc.strerror}", hint="Check the 'python' input.") from exc
+    try:
+        assert process.stdout is not None  # noqa: S101 - PIPE was requested
+        async for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            tail.append(line)
+            on_line(line)
+        return await process.wait()
+    finally:
+        if process.returncode is None:
+            _kill_group(process, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.shield(asyncio.wait_for(process.wait(), TERMINATE_GRACE_SECONDS))
+        # Children of the command may outlive it in its group; end them too.
+        _kill_group(process, signal.SIGKILL)
+        if process.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.shield(asyncio.wait_for(process.wait(), TERMINATE_GRACE_SECONDS))

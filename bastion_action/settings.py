@@ -1,0 +1,355 @@
+"""Inputs parsed once into frozen, validated data; every error names the input.
+
+Raw inputs are a mapping of kebab-case input name to text, as GitHub gives
+them (``INPUT_SSH_HOST``) or as the local CLI gives them (``--ssh-host``).
+An empty string means "not given", as in GitHub's composite actions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote, quote_plus, urlencode
+
+from bastion_action.errors import SettingsError, input_error
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+class Mode(enum.StrEnum):
+    LIGHTWEIGHT = "lightweight"
+    DOCKER = "docker"
+
+
+class Command(enum.StrEnum):
+    PROBE = "probe"
+    SHOWMIGRATIONS = "showmigrations"
+    MIGRATE = "migrate"
+
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One input of action.yml; the CLI flags and the env names derive from it."""
+
+    name: str
+    description: str
+    default: str = ""
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return "INPUT_" + self.name.upper().replace("-", "_")
+
+
+INPUTS: tuple[InputSpec, ...] = (
+    InputSpec("environment", "Environment name (dev, uat, prod, ...), shown in the summary."),
+    InputSpec("mode", "Where the command runs: lightweight (on the runner) or docker.", "docker"),
+    InputSpec("command", "probe | showmigrations | migrate.", "showmigrations"),
+    InputSpec("args", "Extra arguments for the command, split with shell-words rules."),
+    InputSpec("ssh-host", "Bastion host name or address."),
+    InputSpec("ssh-port", "Bastion SSH port.", "22"),
+    InputSpec("ssh-user", "User on the bastion."),
+    InputSpec("ssh-password", "Password of the bastion user.", secret=True),
+    InputSpec("ssh-private-key", "Private key text (OpenSSH or PEM) for the bastion user.", secret=True),
+    InputSpec("ssh-passphrase", "Passphrase of ssh-private-key.", secret=True),
+    InputSpec("ssh-known-hosts", "known_hosts text for the bastion, as ssh-keyscan prints it."),
+    InputSpec("ssh-host-fingerprint", "Bastion host key fingerprint, SHA256:<base64> as ssh-keygen -lf prints it."),
+    InputSpec(
+        "ssh-insecure-skip-host-key-check",
+        "Skip host key verification (true/false). Exposes the credentials to a man in the middle.",
+        "false",
+    ),
+    InputSpec("ssh-keepalive-interval", "Seconds between SSH keepalives; a dead link fails after 3 missed.", "15"),
+    InputSpec("connect-timeout", "Seconds allowed for the SSH connection and for each database connect.", "20"),
+    InputSpec("db-host", "Database host as seen from the bastion."),
+    InputSpec("db-port", "Database port as seen from the bastion.", "5432"),
+    InputSpec("db-name", "Database name."),
+    InputSpec("db-user", "Database user."),
+    InputSpec("db-password", "Database password.", secret=True),
+    InputSpec("db-sslmode", "libpq sslmode for the database connection.", "prefer"),
+    InputSpec("local-port", "Local port of the tunnel; 0 picks a free one.", "0"),
+    InputSpec("django-settings-module", "DJANGO_SETTINGS_MODULE for the command."),
+    InputSpec("secret-key", "SECRET_KEY for the command.", secret=True),
+    InputSpec("extra-env", "More environment for the command, one NAME=value per line."),
+    InputSpec("database-url-env", "Name of the variable that receives the database URL.", "DATABASE_URL"),
+    InputSpec("manage-py", "Path of manage.py, relative to working-directory.", "manage.py"),
+    InputSpec("working-directory", "Directory the command runs in (relative: to GITHUB_WORKSPACE).", "."),
+    InputSpec("python", "Interpreter for manage.py in lightweight mode: a name on PATH or an absolute path.", "python"),
+    InputSpec("fake-initial", "Pass --fake-initial to migrate (true/false).", "true"),
+    InputSpec("timeout", "Seconds allowed for the whole run.", "1800"),
+)
+
+INPUTS_BY_NAME: Mapping[str, InputSpec] = {spec.name: spec for spec in INPUTS}
+
+
+@dataclasses.dataclass(frozen=True)
+class SSHSettings:
+    host: str
+    port: int
+    user: str
+    password: str | None
+    private_key: str | None
+    passphrase: str | None
+    known_hosts: str | None
+    host_fingerprint: str | None
+    insecure_skip_host_key_check: bool
+    keepalive_interval: float
+    connect_timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str
+    sslmode: str
+    local_port: int
+
+    def url(self, port: int, host: str = "127.0.0.1") -> str:
+        """The ``postgresql://`` URL for the tunnel's end, every part percent-encoded."""
+        user = quote(self.user, safe="")
+        password = quote(self.password, safe="")
+        query = urlencode({"sslmode": self.sslmode})
+        return f"postgresql://{user}:{password}@{host}:{port}/{quote(self.name, safe='')}?{query}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AppSettings:
+    django_settings_module: str | None
+    secret_key: str | None
+    extra_env: Mapping[str, str]
+    database_url_env: str
+    manage_py: str
+    working_directory: Path
+    python: str
+    fake_initial: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    environment: str
+    mode: Mode
+    command: Command
+    args: tuple[str, ...]
+    ssh: SSHSettings
+    db: DatabaseSettings
+    app: AppSettings
+    timeout: float
+    secrets: tuple[str, ...]
+
+    @property
+    def mutating(self) -> bool:
+        return self.command is Command.MIGRATE
+
+
+def secret_forms(value: str) -> list[str]:
+    """A secret and every form of it that may be printed: its lines, URL encodings."""
+    forms = {value, quote(value, safe=""), quote_plus(value, safe="")}
+    forms.update(line.strip() for line in value.splitlines())
+    return sorted((form for form in forms if form.strip()), key=len, reverse=True)
+
+
+class _Reader:
+    """Typed access to raw inputs; each parse error names its input."""
+
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        unknown = sorted(set(raw) - set(INPUTS_BY_NAME))
+        if unknown:
+            msg = f"unknown input(s): {', '.join(unknown)}"
+            raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
+        self._raw = raw
+
+    def text(self, name: str) -> str:
+        value = self._raw.get(name, "")
+        if not value.strip():
+            value = INPUTS_BY_NAME[name].default
+        return value if INPUTS_BY_NAME[name].secret else value.strip()
+
+    def optional(self, name: str) -> str | None:
+        return self.text(name) or None
+
+    def required(self, name: str, what: str) -> str:
+        value = self.text(name)
+        if not value.strip():
+            raise SettingsError(
+                f"{name}: required, expected {what}, got nothing",
+                hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
+            )
+        return value
+
+    def port(self, name: str, *, allow_zero: bool = False) -> int:
+        value = self.text(name)
+        low = 0 if allow_zero else 1
+        if not re.fullmatch(r"[0-9]{1,5}", value) or not low <= int(value) <= 65535:  # noqa: PLR2004
+            raise input_error(name, f"a port number {low}-65535", value)
+        return int(value)
+
+    def seconds(self, name: str) -> float:
+        value = self.text(name)
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number <= 0:
+            raise input_error(name, "a number of seconds greater than 0", value)
+        return number
+
+    def boolean(self, name: str) -> bool:
+        value = self.text(name).lower()
+        if value in {"true", "yes", "1", "on"}:
+            return True
+        if value in {"false", "no", "0", "off"}:
+            return False
+        raise input_error(name, "true or false", value)
+
+    def choice(self, name: str, enum_type: type[_E]) -> _E:
+        value = self.text(name).lower()
+        try:
+            return enum_type(value)
+        except ValueError:
+            choices = " | ".join(member.value for member in enum_type)
+            raise input_error(name, f"one of {choices}", value) from None
+
+
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _parse_extra_env(text: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not _ENV_NAME.fullmatch(name):
+            msg = f"extra-env: line {number}: expected NAME=value with NAME a valid variable name"
+            raise SettingsError(msg, hint="Put one NAME=value per line.")
+        env[name] = value
+    return env
+
+
+def _resolve_directory(value: str, environ: Mapping[str, str]) -> Path:
+    path = Path(value)
+    if not path.is_absolute():
+        base = environ.get("GITHUB_WORKSPACE") or Path.cwd()
+        path = Path(base) / path
+    return path
+
+
+def _ssh_settings(read: _Reader) -> SSHSettings:
+    password = read.optional("ssh-password")
+    private_key = read.optional("ssh-private-key")
+    if not password and not private_key:
+        raise SettingsError(
+            "ssh-password or ssh-private-key: one is required, got neither",
+            hint="Give the bastion user's password or private key (as text).",
+        )
+    fingerprint = read.optional("ssh-host-fingerprint")
+    if fingerprint and not _FINGERPRINT.fullmatch(fingerprint):
+        raise input_error(
+            "ssh-host-fingerprint", "SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints it", fingerprint
+        )
+    known_hosts = read.optional("ssh-known-hosts")
+    insecure = read.boolean("ssh-insecure-skip-host-key-check")
+    if not (known_hosts or fingerprint or insecure):
+        raise SettingsError(
+            "ssh-known-hosts or ssh-host-fingerprint: one is required to verify the bastion, got neither",
+            hint="Run `ssh-keyscan -p PORT HOST` from a trusted network and store its output in ssh-known-hosts.",
+        )
+    return SSHSettings(
+        host=read.required("ssh-host", "the bastion's host name or address"),
+        port=read.port("ssh-port"),
+        user=read.required("ssh-user", "the user on the bastion"),
+        password=password,
+        private_key=private_key,
+        passphrase=read.optional("ssh-passphrase"),
+        known_hosts=known_hosts,
+        host_fingerprint=fingerprint,
+        insecure_skip_host_key_check=insecure,
+        keepalive_interval=read.seconds("ssh-keepalive-interval"),
+        connect_timeout=read.seconds("connect-timeout"),
+    )
+
+
+def _db_settings(read: _Reader) -> DatabaseSettings:
+    sslmode = read.text("db-sslmode").lower()
+    if sslmode not in SSLMODES:
+        raise input_error("db-sslmode", "one of " + " | ".join(SSLMODES), sslmode)
+    return DatabaseSettings(
+        host=read.required("db-host", "the database host as seen from the bastion"),
+        port=read.port("db-port"),
+        name=read.required("db-name", "the database name"),
+        user=read.required("db-user", "the database user"),
+        password=read.required("db-password", "the database user's password"),
+        sslmode=sslmode,
+        local_port=read.port("local-port", allow_zero=True),
+    )
+
+
+def _app_settings(read: _Reader, environ: Mapping[str, str]) -> AppSettings:
+    url_env = read.text("database-url-env")
+    if not _ENV_NAME.fullmatch(url_env):
+        raise input_error("database-url-env", "a valid environment variable name", url_env)
+    return AppSettings(
+        django_settings_module=read.optional("django-settings-module"),
+        secret_key=read.optional("secret-key"),
+        extra_env=_parse_extra_env(read.text("extra-env")),
+        database_url_env=url_env,
+        manage_py=read.text("manage-py"),
+        working_directory=_resolve_directory(read.text("working-directory"), environ),
+        python=read.text("python"),
+        fake_initial=read.boolean("fake-initial"),
+    )
+
+
+def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Raw inputs -> one validated ``Settings``; raises ``SettingsError`` naming the input."""
+    environ = os.environ if environ is None else environ
+    read = _Reader(raw)
+    mode = read.choice("mode", Mode)
+    if mode is Mode.DOCKER:
+        raise SettingsError(
+            "mode: docker is not available in this version of bastion-migrate",
+            hint="Use mode: lightweight, which runs the command on the runner.",
+        )
+    command = read.choice("command", Command)
+    try:
+        args = tuple(shlex.split(read.text("args")))
+    except ValueError as exc:
+        raise input_error("args", f"shell-words ({exc})") from None
+    ssh = _ssh_settings(read)
+    db = _db_settings(read)
+    app = _app_settings(read, environ)
+    secret_values = [ssh.password, ssh.private_key, ssh.passphrase, db.password, app.secret_key]
+    secrets = {form for value in secret_values if value for form in secret_forms(value)}
+    # The DSN holds the password; mask its fixed part (without the port, unknown yet) too.
+    secrets.add(db.url(0).rsplit("@", 1)[0])
+    return Settings(
+        environment=read.text("environment"),
+        mode=mode,
+        command=command,
+        args=args,
+        ssh=ssh,
+        db=db,
+        app=app,
+        timeout=read.seconds("timeout"),
+        secrets=tuple(sorted(secrets, key=len, reverse=True)),
+    )
+
+
+def raw_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``INPUT_*`` variables that name known inputs, keyed by kebab-case name."""
+    return {spec.name: environ[spec.env] for spec in INPUTS if spec.env in environ}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds the action's virtualenv once per (lock file, Python) and reuses it.
+# Matrix jobs on one self-hosted machine share the tool cache, so the build
+# happens under an exclusive lock and is marked complete only when it is.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+lock="$root/requirements.txt"
+uv_lock="$root/scripts/uv-requirements.txt"
+base_python="${BASTION_MIGRATE_BASE_PYTHON:-python3}"
+started_ns=$(date +%s%N)
+
+fail() {
+  echo "::error title=bastion-migrate: setup failed::$1"
+  exit 1
+}
+
+command -v "$base_python" >/dev/null || fail "no '$base_python' on PATH: bastion-migrate needs Python 3.11 or newer on the runner."
+"$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || fail "bastion-migrate needs Python 3.11 or newer; '$base_python' is $("$base_python" -V 2>&1)."
+
+py_real="$("$base_python" -c 'import sys; print(sys.executable)')"
+key="$( (cat "$lock" "$uv_lock"; echo "$py_real"; "$base_python" -V) | sha256sum | cut -c1-16)"
+cache="${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/bastion-migrate"
+venv="$cache/venv-$key"
+
+publish() {
+  if [ -n "${GITHUB_OUTPUT:-}" ]; then
+    echo "python=$venv/bin/python" >>"$GITHUB_OUTPUT"
+  else
+    echo "$venv/bin/python"
+  fi
+}
+
+if [ -f "$venv/.complete" ]; then
+  publish
+  exit 0
+fi
+
+mkdir -p "$cache"
+exec 9>"$cache/.lock-$key"
+flock -w 600 9 || fail "timed out waiting for another job to build $venv"
+
+if [ ! -f "$venv/.complete" ]; then
+  rm -rf "$venv"
+  uv="$(command -v uv || true)"
+  if [ -z "$uv" ]; then
+    # uv installs the lock in well under a second where pip takes ~10 s; bring it in once.
+    uv_dir="$cache/uv-$(sha256sum "$uv_lock" | cut -c1-16)"
+    if [ ! -x "$uv_dir/bin/uv" ]; then
+      rm -rf "$uv_dir.tmp"
+      "$base_python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+        --target "$uv_dir.tmp" -r "$uv_lock" >&2 || fail "could not install uv with pip"
+      rm -rf "$uv_dir"
+      mv "$uv_dir.tmp" "$uv_dir"
+    fi
+    uv="$uv_dir/bin/uv"
+  fi
+  "$uv" venv --quiet --python "$py_real" "$venv" >&2
+  "$uv" pip install --quiet --require-hashes --python "$venv/bin/python" -r "$lock" >&2 \
+    || fail "could not install the action's dependencies from requirements.txt"
+  touch "$venv/.complete"
+  echo "bastion-migrate: built $venv in $(( ($(date +%s%N) - started_ns) / 1000000 )) ms" >&2
+fi
+publish

@@ -1,0 +1,179 @@
+"""The walking skeleton against the real lab: tunnel -> probe -> lightweight Django command."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import admin_sql, finish_action, processes_mentioning, start_action
+
+SAMPLE_MIGRATIONS = 6  # catalog 2, orders 2, audit 2
+
+
+def applied_rows(lab: dict[str, Any], database: str) -> int:
+    exists = admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database)
+    return int(admin_sql(lab, "SELECT count(*) FROM django_migrations", database)) if exists == "t" else 0
+
+
+def assert_failed_in(run, stage: str) -> None:
+    assert run.returncode != 0, run.explain()
+    assert run.outputs["result"] == "failure", run.explain()
+    errors = [line for line in run.annotations if line.startswith("::error")]
+    assert len(errors) == 1, run.explain()
+    assert errors[0].startswith(f"::error title=bastion-migrate%3A {stage} failed::"), run.explain()
+    assert "Hint: " in errors[0]
+    assert f"Failed in the `{stage}` stage" in run.summary
+
+
+def test_lab_password_has_the_characters_that_break_the_recipe(lab) -> None:
+    assert set(":@/#%") <= set(lab["db_password"])
+
+
+def test_probe_with_password_auth(action, base_inputs) -> None:
+    run = action(base_inputs)
+    assert run.returncode == 0, run.explain()
+    assert run.outputs["result"] == "success"
+    assert run.outputs["exit-code"] == "0"
+    assert re.fullmatch(r"[0-9]+", run.outputs["tunnel-port"])
+    assert run.outputs["server-version"].startswith("15")
+    assert float(run.outputs["duration-seconds"]) > 0
+    assert "PostgreSQL 15" in run.summary
+    assert "SSL on" in run.summary
+    assert "| tunnel |" in run.summary
+    assert run.stdout.startswith("::add-mask::"), "masks come before anything else"
+
+
+def test_probe_with_key_auth_and_fingerprint_only(action, base_inputs, lab) -> None:
+    inputs = {
+        **base_inputs,
+        "ssh-user": lab["ssh_key_user"],
+        "ssh-password": "",
+        "ssh-private-key": Path(lab["ssh_private_key_path"]).read_text(),
+        "ssh-known-hosts": "",
+        "ssh-host-fingerprint": lab["ssh_host_fingerprint"],
+    }
+    run = action(inputs)
+    assert run.returncode == 0, run.explain()
+    assert run.outputs["result"] == "success"
+
+
+def test_encrypted_key_with_passphrase(action, base_inputs, lab) -> None:
+    inputs = {
+        **base_inputs,
+        "ssh-user": lab["ssh_key_user"],
+        "ssh-password": "",
+        "ssh-private-key": Path(lab["ssh_encrypted_key_path"]).read_text(),
+        "ssh-passphrase": lab["ssh_key_passphrase"],
+    }
+    run = action(inputs)
+    assert run.returncode == 0, run.explain()
+    wrong = action({**inputs, "ssh-passphrase": "not-the-passphrase"})
+    assert_failed_in(wrong, "settings")
+    assert "ssh-passphrase" in wrong.annotations[0]
+
+
+def test_wrong_host_key_is_refused_and_the_presented_key_shown(action, base_inputs, lab) -> None:
+    run = action({**base_inputs, "ssh-known-hosts": lab["ssh_wrong_known_hosts"]})
+    assert_failed_in(run, "tunnel")
+    assert "not trusted" in run.annotations[0]
+    assert lab["ssh_host_fingerprint"] in run.annotations[0]
+    assert "tunnel-port" not in run.outputs
+    wrong_fp = action({**base_inputs, "ssh-known-hosts": "", "ssh-host-fingerprint": lab["ssh_wrong_host_fingerprint"]})
+    assert_failed_in(wrong_fp, "tunnel")
+
+
+def test_wrong_ssh_password_fails_in_the_tunnel_stage(action, base_inputs) -> None:
+    run = action({**base_inputs, "ssh-password": "definitely-wrong-password"})
+    assert_failed_in(run, "tunnel")
+    assert "authentication" in run.annotations[0]
+
+
+def test_insecure_skip_warns(action, base_inputs) -> None:
+    run = action({**base_inputs, "ssh-known-hosts": "", "ssh-insecure-skip-host-key-check": "true"})
+    assert run.returncode == 0, run.explain()
+    warnings = [line for line in run.annotations if line.startswith("::warning")]
+    assert len(warnings) == 1
+    assert "man in the middle" in warnings[0]
+
+
+def test_bad_input_is_named_before_any_connection(action, base_inputs) -> None:
+    # The bastion address is unroutable: had the action connected first, it would hang until connect-timeout.
+    inputs = {**base_inputs, "ssh-host": "192.0.2.1", "connect-timeout": "30", "db-port": "five"}
+    run = action(inputs)
+    assert_failed_in(run, "settings")
+    assert "db-port: expected a port number 1-65535, got 'five'" in run.annotations[0]
+    assert run.seconds < 5
+    missing = action({**base_inputs, "ssh-host": ""})
+    assert_failed_in(missing, "settings")
+    assert "ssh-host: required" in missing.annotations[0]
+
+
+def test_showmigrations_then_migrate_then_nothing_left(action, base_inputs, lab, fresh_db) -> None:
+    show = action({**base_inputs, "command": "showmigrations"})
+    assert show.returncode == 0, show.explain()
+    assert "[ ] 0001_initial" in show.stdout
+    assert applied_rows(lab, fresh_db) == 0
+
+    migrate = action({**base_inputs, "command": "migrate"})
+    assert migrate.returncode == 0, migrate.explain()
+    assert migrate.outputs["result"] == "success"
+    assert migrate.stdout.count("Applying ") == SAMPLE_MIGRATIONS
+    assert applied_rows(lab, fresh_db) == SAMPLE_MIGRATIONS
+    assert admin_sql(lab, "SELECT count(*) FROM orders_status", fresh_db) != "0", "the data migration ran"
+
+    again = action({**base_inputs, "command": "migrate"})
+    assert again.returncode == 0, again.explain()
+    assert "No migrations to apply." in again.stdout
+    assert applied_rows(lab, fresh_db) == SAMPLE_MIGRATIONS
+
+    after = action({**base_inputs, "command": "showmigrations"})
+    assert "[ ]" not in after.stdout
+    assert after.stdout.count("[X]") == SAMPLE_MIGRATIONS
+
+
+def test_failing_migration_fails_in_the_command_stage(action, base_inputs) -> None:
+    run = action({**base_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_FAIL=1"})
+    assert_failed_in(run, "command")
+    assert run.outputs["exit-code"] == "1"
+    assert "failing on purpose" in run.summary
+    assert "Last " in run.summary
+
+
+def test_whole_run_timeout_names_the_stage(action, base_inputs) -> None:
+    run = action({**base_inputs, "command": "migrate", "timeout": "4", "extra-env": "SAMPLE_MIGRATION_SLEEP=60"})
+    assert_failed_in(run, "command")
+    assert "timed out" in run.annotations[0]
+    assert run.seconds < 20
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_cancel_mid_migration_releases_everything(base_inputs, fresh_db, tmp_path, signum) -> None:
+    inputs = {**base_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_SLEEP=60"}
+    started = time.monotonic()
+    process = start_action(inputs, tmp_path)
+    deadline = time.monotonic() + 60
+    while len(processes_mentioning(fresh_db)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = [pid for pid in processes_mentioning(fresh_db) if pid != process.pid]
+    assert children, "the migration never started"
+    time.sleep(1)
+    os.kill(process.pid, signum)
+    cancelled_at = time.monotonic()
+    run = finish_action(process, tmp_path, started, timeout=30)
+    assert time.monotonic() - cancelled_at < 10, run.explain()
+    assert run.returncode == 128 + signum, run.explain()
+    assert run.outputs["result"] == "failure"
+    assert processes_mentioning(fresh_db) == [], "a child of the run outlived it"
+    assert not listening(int(run.outputs["tunnel-port"])), "the tunnel's listener outlived the run"

@@ -1,0 +1,159 @@
+"""Test support: the lab's facts, running the action as GitHub would, the leak scanner."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/lib/bastion-migrate-lab"))
+
+
+def load_lab() -> dict[str, Any]:
+    path = LAB_DIR / "lab.json"
+    if not path.is_file():
+        msg = f"the lab is not up ({path} is missing): run `bash tests/lab/up.sh` (make test does)"
+        raise RuntimeError(msg)
+    return json.loads(path.read_text())
+
+
+def admin_sql(lab: dict[str, Any], sql: str, database: str = "postgres") -> str:
+    """Run SQL as the database superuser inside the private namespace (not through the tunnel)."""
+    argv = [*lab["db_admin_argv"]]
+    if "-d" in argv:
+        argv[argv.index("-d") + 1] = database
+    done = subprocess.run([*argv, "-c", sql], capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode:
+        msg = f"admin SQL failed ({sql!r}): {done.stderr}"
+        raise RuntimeError(msg)
+    return done.stdout.strip()
+
+
+def secret_forms(value: str) -> set[str]:
+    forms = {value, quote(value, safe=""), quote_plus(value)}
+    forms |= {line.strip() for line in value.splitlines()}
+    return {form for form in forms if len(form.strip()) >= 4}
+
+
+@dataclasses.dataclass
+class ActionRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    outputs: dict[str, str]
+    summary: str
+    seconds: float
+
+    @property
+    def annotations(self) -> list[str]:
+        return [line for line in self.stdout.splitlines() if line.startswith(("::error", "::warning"))]
+
+    def leaks(self, secrets: list[str]) -> list[str]:
+        """Every secret form found anywhere outside an ::add-mask:: line."""
+        text = "\n".join(
+            [
+                *(line for line in self.stdout.splitlines() if not line.startswith("::add-mask::")),
+                self.stderr,
+                *self.outputs.values(),
+                self.summary,
+            ]
+        )
+        return sorted({form for secret in secrets if secret for form in secret_forms(secret) if form in text})
+
+    def explain(self) -> str:
+        parts = [f"exit {self.returncode}", "--- stdout", self.stdout, "--- stderr", self.stderr]
+        return "\n".join([*parts, "--- summary", self.summary])
+
+
+def parse_output_file(text: str) -> dict[str, str]:
+    outputs: dict[str, str] = {}
+    for match in re.finditer(r"^([^\n=<]+)<<(\S+)\n(.*?)\n\2$", text, re.DOTALL | re.MULTILINE):
+        outputs[match.group(1)] = match.group(3)
+    for line in text.splitlines():
+        if "=" in line and "<<" not in line and not line.startswith("ghadelimiter"):
+            name, _, value = line.partition("=")
+            outputs.setdefault(name, value)
+    return outputs
+
+
+def action_env(inputs: dict[str, str], workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(workdir / "output"),
+        "GITHUB_STEP_SUMMARY": str(workdir / "summary"),
+        "GITHUB_WORKSPACE": str(workdir),
+        "RUNNER_TEMP": str(workdir),
+    }
+    env.update({"INPUT_" + name.upper().replace("-", "_"): value for name, value in inputs.items()})
+    env.update(extra or {})
+    return env
+
+
+def start_action(
+    inputs: dict[str, str], workdir: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("output", "summary"):
+        (workdir / name).write_text("")
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "entrypoint.py")],
+        env=action_env(inputs, workdir, extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_action(process: subprocess.Popen[str], workdir: Path, started: float, timeout: float = 300) -> ActionRun:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return ActionRun(
+        returncode=process.returncode,
+        stdout=stdout,
+        stderr=stderr,
+        outputs=parse_output_file((workdir / "output").read_text()),
+        summary=(workdir / "summary").read_text(),
+        seconds=time.monotonic() - started,
+    )
+
+
+def run_action(inputs: dict[str, str], workdir: Path, extra_env: dict[str, str] | None = None) -> ActionRun:
+    started = time.monotonic()
+    return finish_action(start_action(inputs, workdir, extra_env), workdir, started)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Runner-side PIDs whose environment or command line contains ``text``.
+
+    Only processes in the runner's network namespace count: the lab's own
+    servers (a PostgreSQL backend serving the run) live in other namespaces.
+    """
+    found = []
+    own_netns = Path("/proc/self/ns/net").readlink()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            status = (entry / "stat").read_text()
+            if ") Z" in status or (entry / "ns/net").readlink() != own_netns:
+                continue
+            blob = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob:
+            found.append(int(entry.name))
+    return found

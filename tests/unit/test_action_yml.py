@@ -1,0 +1,44 @@
+"""action.yml agrees with the code: every input mapped through env:, defaults equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from bastion_action.settings import INPUTS
+
+ROOT = Path(__file__).resolve().parents[2]
+ACTION = yaml.safe_load((ROOT / "action.yml").read_text())
+
+
+def test_inputs_match_the_code() -> None:
+    assert list(ACTION["inputs"]) == [spec.name for spec in INPUTS]
+    for spec in INPUTS:
+        declared = ACTION["inputs"][spec.name]
+        assert declared["description"], spec.name
+        assert str(declared.get("default", "")) == spec.default, spec.name
+
+
+def test_every_input_reaches_the_code_through_env_only() -> None:
+    steps = ACTION["runs"]["steps"]
+    run_step = next(step for step in steps if step.get("id") == "run")
+    assert run_step["env"] == {
+        "BASTION_MIGRATE_PYTHON": "${{ steps.setup.outputs.python }}",
+        **{spec.env: f"${{{{ inputs.{spec.name} }}}}" for spec in INPUTS},
+    }
+    for step in steps:
+        assert "${{" not in step.get("run", ""), f"expression inside run: of {step.get('name')}"
+
+
+def test_composite_with_a_linux_guard_first() -> None:
+    assert ACTION["runs"]["using"] == "composite"
+    first = ACTION["runs"]["steps"][0]
+    assert first["if"] == "runner.os != 'Linux'"
+    assert all("uses" not in step for step in ACTION["runs"]["steps"])
+    assert ACTION["branding"]
+
+
+def test_outputs_come_from_the_run_step() -> None:
+    for name, output in ACTION["outputs"].items():
+        assert output["value"] == f"${{{{ steps.run.outputs.{name} }}}}"

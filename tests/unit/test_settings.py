@@ -1,0 +1,162 @@
+"""Settings: parsing, validation messages that name the input, URL building."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bastion_action import settings
+from bastion_action.errors import SettingsError, Stage
+
+FINGERPRINT = "SHA256:" + "A" * 43
+
+
+def base_inputs(**overrides: str) -> dict[str, str]:
+    raw = {
+        "mode": "lightweight",
+        "command": "migrate",
+        "ssh-host": "bastion.example.com",
+        "ssh-user": "deploy",
+        "ssh-password": "s3cret:pw",
+        "ssh-host-fingerprint": FINGERPRINT,
+        "db-host": "10.0.0.5",
+        "db-name": "app",
+        "db-user": "migrator",
+        "db-password": "p@ss:w/rd#%x",
+    }
+    raw.update(overrides)
+    return {name: value for name, value in raw.items() if value is not None}
+
+
+def parse(**overrides: str) -> settings.Settings:
+    return settings.parse(base_inputs(**overrides), environ={"GITHUB_WORKSPACE": "/ws"})
+
+
+def error_of(**overrides: str) -> SettingsError:
+    with pytest.raises(SettingsError) as info:
+        parse(**overrides)
+    assert info.value.stage is Stage.SETTINGS
+    return info.value
+
+
+def test_defaults_follow_the_contract() -> None:
+    parsed = parse()
+    assert parsed.ssh.port == 22
+    assert parsed.db.port == 5432
+    assert parsed.db.sslmode == "prefer"
+    assert parsed.db.local_port == 0
+    assert parsed.app.database_url_env == "DATABASE_URL"
+    assert parsed.app.fake_initial is True
+    assert parsed.app.working_directory == Path("/ws")
+    assert parsed.app.python == "python"
+    assert parsed.mutating
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ssh-host", "ssh-user", "db-host", "db-name", "db-user", "db-password"],
+)
+@pytest.mark.parametrize("empty", ["", "   "], ids=["empty", "blank"])
+def test_missing_required_input_is_named(name: str, empty: str) -> None:
+    error = error_of(**{name: empty})
+    assert error.message.startswith(f"{name}: required")
+
+
+def test_neither_password_nor_key() -> None:
+    error = error_of(**{"ssh-password": ""})
+    assert "ssh-password or ssh-private-key" in error.message
+
+
+def test_host_verification_is_required_unless_skipped_explicitly() -> None:
+    error = error_of(**{"ssh-host-fingerprint": ""})
+    assert "ssh-known-hosts or ssh-host-fingerprint" in error.message
+    parsed = parse(**{"ssh-host-fingerprint": "", "ssh-insecure-skip-host-key-check": "true"})
+    assert parsed.ssh.insecure_skip_host_key_check
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        pytest.param("ssh-port", "abc", "ssh-port: expected a port number 1-65535, got 'abc'", id="port-text"),
+        pytest.param("ssh-port", "0", "ssh-port: expected a port number 1-65535, got '0'", id="port-zero"),
+        pytest.param("db-port", "65536", "db-port: expected a port number 1-65535, got '65536'", id="port-high"),
+        pytest.param("local-port", "-1", "local-port: expected a port number 0-65535, got '-1'", id="local-neg"),
+        pytest.param("mode", "kubernetes", "mode: expected one of lightweight | docker, got 'kubernetes'", id="mode"),
+        pytest.param("command", "makemigrations", "command: expected one of probe", id="command"),
+        pytest.param("timeout", "0", "timeout: expected a number of seconds greater than 0, got '0'", id="t-zero"),
+        pytest.param("timeout", "-5", "timeout: expected a number of seconds greater than 0", id="t-negative"),
+        pytest.param("connect-timeout", "nan", "connect-timeout: expected a number of seconds", id="t-nan"),
+        pytest.param("fake-initial", "maybe", "fake-initial: expected true or false, got 'maybe'", id="bool"),
+        pytest.param("db-sslmode", "sometimes", "db-sslmode: expected one of disable", id="sslmode"),
+        pytest.param("ssh-host-fingerprint", "MD5:ab:cd", "ssh-host-fingerprint: expected SHA256:", id="fp"),
+        pytest.param("extra-env", "not a pair", "extra-env: line 1: expected NAME=value", id="extra-env"),
+        pytest.param("database-url-env", "1BAD", "database-url-env: expected a valid environment", id="url-env"),
+        pytest.param("args", "'unbalanced", "args: expected shell-words", id="args"),
+    ],
+)
+def test_bad_values_are_named(name: str, value: str, expected: str) -> None:
+    assert error_of(**{name: value}).message.startswith(expected)
+
+
+def test_docker_mode_is_refused_clearly_in_this_version() -> None:
+    error = error_of(mode="docker")
+    assert error.message.startswith("mode: docker")
+
+
+def test_unknown_input_is_refused() -> None:
+    with pytest.raises(SettingsError, match="unknown input"):
+        settings.parse({**base_inputs(), "ssh-hots": "x"}, environ={})
+
+
+def test_secret_values_never_appear_in_errors() -> None:
+    error = error_of(**{"db-password": "p@ss", "db-port": "x"})
+    assert "p@ss" not in str(error)
+
+
+def test_extra_env_and_args() -> None:
+    parsed = parse(**{"extra-env": "# comment\nFOO=bar=baz\n\nEMPTY=", "args": "app_a 0002 --database 'x y'"})
+    assert parsed.app.extra_env == {"FOO": "bar=baz", "EMPTY": ""}
+    assert parsed.args == ("app_a", "0002", "--database", "x y")
+
+
+def test_relative_working_directory_resolves_against_workspace() -> None:
+    assert parse(**{"working-directory": "backend"}).app.working_directory == Path("/ws/backend")
+    assert parse(**{"working-directory": "/abs"}).app.working_directory == Path("/abs")
+
+
+def test_secrets_cover_derived_forms() -> None:
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\nAAAAB3\n-----END OPENSSH PRIVATE KEY-----\n"
+    parsed = parse(**{"ssh-private-key": key, "secret-key": "django-key"})
+    secrets = set(parsed.secrets)
+    assert {"p@ss:w/rd#%x", "p%40ss%3Aw%2Frd%23%25x", "s3cret:pw", "django-key", "b3BlbnNzaC1rZXk"} <= secrets
+    assert any(secret.startswith("postgresql://migrator:p%40ss") for secret in secrets)
+    assert all(secret.strip() for secret in secrets)
+
+
+def test_url_is_percent_encoded() -> None:
+    url = parse().db.url(5433)
+    assert url == "postgresql://migrator:p%40ss%3Aw%2Frd%23%25x@127.0.0.1:5433/app?sslmode=prefer"
+
+
+@given(password=st.text(min_size=1), user=st.text(min_size=1), name=st.text(min_size=1))
+def test_any_credentials_round_trip_through_the_url(password: str, user: str, name: str) -> None:
+    db = settings.DatabaseSettings(
+        host="db", port=5432, name=name, user=user, password=password, sslmode="require", local_port=0
+    )
+    parts = urlsplit(db.url(6000))
+    assert parts.scheme == "postgresql"
+    assert parts.hostname == "127.0.0.1"
+    assert parts.port == 6000
+    assert unquote(parts.username or "") == user
+    assert unquote(parts.password or "") == password
+    assert unquote(parts.path[1:]) == name
+    assert parts.query == "sslmode=require"
+
+
+def test_raw_from_environ_reads_only_known_inputs() -> None:
+    raw = settings.raw_from_environ({"INPUT_SSH_HOST": "h", "INPUT_SOMETHING_ELSE": "x", "HOME": "/root"})
+    assert raw == {"ssh-host": "h"}
