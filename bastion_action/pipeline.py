@@ -1,4 +1,4 @@
-"""The run, in one direction: prepare -> tunnel -> probe -> command -> report.
+"""The run, in one direction: prepare -> (tunnel -> probe | pull) -> command -> report.
 
 One ``AsyncExitStack`` owns every resource; failure, timeout and cancellation
 all unwind it (the command's processes ended, the forward and the SSH
@@ -12,7 +12,8 @@ import collections
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import TypeVar
 
 from bastion_action import database, tunnel
 from bastion_action.errors import (
@@ -27,8 +28,11 @@ from bastion_action.errors import (
 )
 from bastion_action.gha import Console
 from bastion_action.report import TAIL_LINES, Result, RunResult
-from bastion_action.runners import local
-from bastion_action.settings import Command, Settings
+from bastion_action.runners import docker, local
+from bastion_action.settings import Command, Mode, Settings
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
 
 _TIMEOUT_ERRORS: Mapping[Stage, type[ActionError]] = {
     Stage.SETTINGS: SettingsError,
@@ -41,19 +45,26 @@ _TIMEOUT_ERRORS: Mapping[Stage, type[ActionError]] = {
 
 
 class _Clock:
-    """Which stage the run is in, and how long each took."""
+    """Which stages are running (tunnel and pull overlap), and how long each took."""
 
     def __init__(self, run: RunResult) -> None:
         self.run = run
-        self.stage = Stage.SETTINGS
+        self.active: list[Stage] = []
+        self.last = Stage.SETTINGS
+
+    @property
+    def stage(self) -> Stage:
+        return self.active[0] if self.active else self.last
 
     @contextlib.contextmanager
     def stage_of(self, stage: Stage) -> Iterator[None]:
-        self.stage = stage
+        self.active.append(stage)
+        self.last = stage
         started = time.perf_counter()
         try:
             yield
         finally:
+            self.active.remove(stage)
             self.run.timings[stage.value] = self.run.timings.get(stage.value, 0.0) + time.perf_counter() - started
 
 
@@ -81,77 +92,150 @@ def command_env(settings: Settings, port: int, environ: Mapping[str, str]) -> di
     return env
 
 
-async def _run_command(
-    settings: Settings, console: Console, run: RunResult, python: str, open_tunnel: tunnel.Tunnel
-) -> None:
-    argv = [python, *django_argv(settings)]
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    env = command_env(settings, open_tunnel.port, os.environ)
-    with console.group(f"python {' '.join(argv[1:])}"):
-        command = asyncio.create_task(
-            local.run(argv, cwd=settings.app.working_directory, env=env, on_line=console.line, tail=tail)
-        )
-        dropped = asyncio.create_task(open_tunnel.wait_closed())
-        try:
-            await asyncio.wait({command, dropped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (command, dropped):
-                task.cancel()
-            await asyncio.gather(command, dropped, return_exceptions=True)
-    run.output_tail = [console.redact(line) for line in tail]
-    if not command.cancelled() and command.exception() is None:
-        run.exit_code = command.result()
-    elif not command.cancelled():
-        raise command.exception()  # type: ignore[misc]
-    if dropped.done() and not dropped.cancelled() and run.exit_code is None:
-        raise TunnelError(
-            "the SSH connection to the bastion ended while the command ran; the command was stopped",
-            hint="The bastion or the network dropped the link (keepalives went unanswered). "
-            "Re-run; if it repeats, check the bastion's sshd logs and idle timeouts.",
-            anchor="tunnel-dropped",
-        )
-    if run.exit_code != 0:
-        raise CommandError(
-            f"`{' '.join(django_argv(settings))}` exited with code {run.exit_code}",
-            hint="The command's last lines of output are in the step summary.",
-            exit_code=run.exit_code,
-        )
+async def _concurrently(first: Awaitable[_T], second: Awaitable[_U]) -> tuple[_T, _U]:
+    """Both results; the first failure cancels the other, and both are finished before returning."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return tasks[0].result(), tasks[1].result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _stages(settings: Settings, console: Console, run: RunResult, clock: _Clock) -> None:
-    with clock.stage_of(Stage.SETTINGS):
-        credentials = tunnel.load_credentials(settings.ssh)
-        python = ""
-        if settings.command is not Command.PROBE:
-            local.check_working_directory(settings.app.working_directory)
-            python = local.resolve_python(settings.app.python, settings.app.working_directory)
-    if settings.ssh.insecure_skip_host_key_check:
-        console.warning(
-            "ssh-insecure-skip-host-key-check is true: the bastion's identity is not verified, so a man in the "
-            "middle could read the SSH and database credentials. Set ssh-known-hosts or ssh-host-fingerprint."
-        )
-    ssh, db = settings.ssh, settings.db
-    async with contextlib.AsyncExitStack() as stack:
-        with clock.stage_of(Stage.TUNNEL):
+async def _watch_command(command: Awaitable[int], opened: tunnel.Tunnel) -> int:
+    """The command's exit code, unless the tunnel ends first: then the command is stopped."""
+    running = asyncio.ensure_future(command)
+    dropped = asyncio.ensure_future(opened.wait_closed())
+    try:
+        await asyncio.wait({running, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            return running.result()
+    finally:
+        for task in (running, dropped):
+            task.cancel()
+        await asyncio.gather(running, dropped, return_exceptions=True)
+    raise TunnelError(
+        "the SSH connection to the bastion ended while the command ran; the command was stopped",
+        hint="The bastion or the network dropped the link (keepalives went unanswered). "
+        "Re-run; if it repeats, check the bastion's sshd logs and idle timeouts.",
+        anchor="tunnel-dropped",
+    )
+
+
+class _Run:
+    """One run's stages over one exit stack."""
+
+    def __init__(self, settings: Settings, console: Console, run: RunResult, clock: _Clock) -> None:
+        self.settings = settings
+        self.console = console
+        self.run = run
+        self.clock = clock
+        self.python = ""
+
+    def prepare(self) -> tunnel.Credentials:
+        settings = self.settings
+        with self.clock.stage_of(Stage.SETTINGS):
+            credentials = tunnel.load_credentials(settings.ssh)
+            if settings.mode is Mode.LIGHTWEIGHT and settings.command is not Command.PROBE:
+                local.check_working_directory(settings.app.working_directory)
+                self.python = local.resolve_python(settings.app.python, settings.app.working_directory)
+        if settings.ssh.insecure_skip_host_key_check:
+            self.console.warning(
+                "ssh-insecure-skip-host-key-check is true: the bastion's identity is not verified, so a man in "
+                "the middle could read the SSH and database credentials. Set ssh-known-hosts or "
+                "ssh-host-fingerprint."
+            )
+        return credentials
+
+    async def connect(self, stack: contextlib.AsyncExitStack, credentials: tunnel.Credentials) -> tunnel.Tunnel:
+        ssh, db, run = self.settings.ssh, self.settings.db, self.run
+        with self.clock.stage_of(Stage.TUNNEL):
             opened = await stack.enter_async_context(
                 tunnel.open_tunnel(ssh, credentials, db.host, db.port, db.local_port)
             )
         run.tunnel_port = opened.port
-        console.line(
+        self.console.line(
             f"tunnel: 127.0.0.1:{opened.port} -> {db.host}:{db.port} via {ssh.user}@{ssh.host}:{ssh.port} "
             f"({run.timings[Stage.TUNNEL.value]:.2f} s)"
         )
-        with clock.stage_of(Stage.PROBE):
-            run.server = await database.probe(db, opened.port, ssh.connect_timeout)
-        server = run.server
-        console.line(
+        with self.clock.stage_of(Stage.PROBE):
+            server = await database.probe(db, opened.port, ssh.connect_timeout)
+        run.server = server
+        self.console.line(
             f"probe: PostgreSQL {server.version}, database {server.database} as {server.user}, "
             f"SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
         )
-        if settings.command is not Command.PROBE:
-            with clock.stage_of(Stage.COMMAND):
-                await _run_command(settings, console, run, python, opened)
-    run.result = Result.SUCCESS
+        return opened
+
+    async def pull(self, runner: docker.DockerRunner | None) -> docker.PreparedImage | None:
+        image = self.settings.image
+        if runner is None or image is None:
+            return None
+        self.run.image = str(image.reference)
+        progress: list[str] = []
+        try:
+            with self.clock.stage_of(Stage.PULL):
+                prepared = await runner.prepare(image, progress.append)
+        finally:
+            # The pull overlaps the tunnel's log lines; its compact progress is shown as one group.
+            if progress:
+                with self.console.group(f"pull {image.reference}"):
+                    for line in progress:
+                        self.console.line(line)
+        self.run.image_digest = prepared.digest
+        self.console.line(
+            f"image: {image.reference} ({prepared.digest or prepared.image_id}), "
+            f"{'pulled' if prepared.pulled else 'already present'} in {self.run.timings[Stage.PULL.value]:.2f} s"
+        )
+        return prepared
+
+    async def command(
+        self, opened: tunnel.Tunnel, runner: docker.DockerRunner | None, image: docker.PreparedImage | None
+    ) -> None:
+        settings, run = self.settings, self.run
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        manage = django_argv(settings)
+        work: Awaitable[int]
+        if runner is not None and image is not None:
+            env = command_env(settings, opened.port, {})
+            labels = {"environment": settings.environment, "command": settings.command.value}
+            argv = [settings.app.python, *manage]
+            work = runner.run(image, argv, env=env, labels=labels, on_line=self.console.line, tail=tail)
+        else:
+            env = command_env(settings, opened.port, os.environ)
+            argv = [self.python, *manage]
+            cwd = settings.app.working_directory
+            work = local.run(argv, cwd=cwd, env=env, on_line=self.console.line, tail=tail)
+        try:
+            with self.console.group(f"{settings.app.python} {' '.join(manage)}"):
+                run.exit_code = await _watch_command(work, opened)
+        finally:
+            run.output_tail = [self.console.redact(line) for line in tail]
+        if run.exit_code != 0:
+            raise CommandError(
+                f"`{' '.join(manage)}` exited with code {run.exit_code}",
+                hint="The command's last lines of output are in the step summary.",
+                exit_code=run.exit_code,
+            )
+
+    async def stages(self) -> None:
+        credentials = self.prepare()
+        settings = self.settings
+        async with contextlib.AsyncExitStack() as stack:
+            runner = None
+            if settings.mode is Mode.DOCKER and settings.command is not Command.PROBE:
+                runner = await stack.enter_async_context(docker.connect())
+            # The recipe logs in, pulls, then tunnels; here the pull overlaps tunnel + probe.
+            opened, image = await _concurrently(self.connect(stack, credentials), self.pull(runner))
+            if settings.command is not Command.PROBE:
+                with self.clock.stage_of(Stage.COMMAND):
+                    await self.command(opened, runner, image)
+        self.run.result = Result.SUCCESS
 
 
 async def execute(settings: Settings, console: Console) -> RunResult:
@@ -161,7 +245,7 @@ async def execute(settings: Settings, console: Console) -> RunResult:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.timeout):
-            await _stages(settings, console, run, clock)
+            await _Run(settings, console, run, clock).stages()
     except ActionError as exc:
         run.error = exc
     except TimeoutError:

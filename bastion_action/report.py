@@ -9,6 +9,15 @@ from bastion_action.errors import ActionError
 
 TAIL_LINES = 30
 
+OUTPUTS: dict[str, str] = {
+    "result": "success | failure | pending",
+    "exit-code": "Exit status of the run: 0 on success, the command's own status when it failed, else 1.",
+    "tunnel-port": "Local port of the tunnel on 127.0.0.1.",
+    "server-version": "PostgreSQL server version, e.g. 15.14.",
+    "image-digest": "Docker mode: registry manifest digest (sha256:...) of the image that ran.",
+    "duration-seconds": "Wall time of the run in decimal seconds.",
+}
+
 
 class Result(enum.StrEnum):
     SUCCESS = "success"
@@ -35,6 +44,8 @@ class RunResult:
     command: str
     result: Result = Result.FAILURE
     tunnel_port: int | None = None
+    image: str | None = None
+    image_digest: str | None = None
     server: ServerInfo | None = None
     exit_code: int | None = None
     duration: float = 0.0
@@ -64,6 +75,8 @@ def outputs(run: RunResult) -> dict[str, str]:
         values["tunnel-port"] = str(run.tunnel_port)
     if run.server is not None:
         values["server-version"] = run.server.version
+    if run.image_digest:
+        values["image-digest"] = run.image_digest
     return values
 
 
@@ -94,6 +107,9 @@ def summary(run: RunResult) -> str:
         lines += [f"| server | {described} |", f"| recorded migrations before | {applied} |"]
     if run.tunnel_port is not None:
         lines.append(f"| tunnel | 127.0.0.1:{run.tunnel_port} |")
+    if run.image:
+        lines.append(f"| image | `{run.image}` |")
+        lines.append(f"| image digest | `{run.image_digest or 'unknown'}` |")
     if run.exit_code is not None:
         lines.append(f"| command exit code | {run.exit_code} |")
     lines.append(f"| duration | {run.duration:.2f} s |")

@@ -34,6 +34,12 @@ class Command(enum.StrEnum):
     MIGRATE = "migrate"
 
 
+class PullPolicy(enum.StrEnum):
+    ALWAYS = "always"
+    MISSING = "missing"
+    NEVER = "never"
+
+
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -87,6 +93,12 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("python", "Interpreter for manage.py in lightweight mode: a name on PATH or an absolute path.", "python"),
     InputSpec("fake-initial", "Pass --fake-initial to migrate (true/false).", "true"),
     InputSpec("timeout", "Seconds allowed for the whole run.", "1800"),
+    InputSpec("image", "Docker mode: image reference; may carry its own :tag or @sha256: digest."),
+    InputSpec("image-tag", "Docker mode: tag appended to image when it has none.", "latest"),
+    InputSpec("registry", "Docker mode: registry to log in to; default the image reference's host."),
+    InputSpec("registry-username", "Docker mode: registry user (DigitalOcean: the access token)."),
+    InputSpec("registry-password", "Docker mode: registry password or token.", secret=True),
+    InputSpec("pull", "Docker mode: always | missing | never.", "missing"),
 )
 
 INPUTS_BY_NAME: Mapping[str, InputSpec] = {spec.name: spec for spec in INPUTS}
@@ -126,6 +138,67 @@ class DatabaseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageReference:
+    """``[registry[:port]/]path[:tag][@sha256:digest]``, split as the Docker CLI does."""
+
+    repository: str  # with the registry host when the reference had one
+    tag: str | None
+    digest: str | None
+
+    @property
+    def registry(self) -> str:
+        first, sep, _ = self.repository.partition("/")
+        if sep and ("." in first or ":" in first or first == "localhost"):
+            return first
+        return "docker.io"
+
+    def __str__(self) -> str:
+        text = self.repository
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(
+    rf"(?P<repository>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+
+
+def parse_image_reference(image: str, default_tag: str) -> ImageReference:
+    """The image to run: ``image`` as given, with ``image-tag`` appended when it has neither tag nor digest."""
+    match = _REFERENCE.fullmatch(image)
+    first, sep, _ = image.partition("/")
+    if match and sep and first != first.lower() and not ("." in first or ":" in first):
+        match = None  # an upper-case first component is only allowed as a registry host
+    if not match:
+        raise input_error(
+            "image", "an image reference like registry.example.com/team/app[:tag][@sha256:<64 hex>]", image
+        )
+    tag, digest = match["tag"], match["digest"]
+    if not tag and not digest:
+        if not _TAG.fullmatch(default_tag):
+            raise input_error("image-tag", "a tag: letters, digits, '_', '.', '-', at most 128", default_tag)
+        tag = default_tag
+    return ImageReference(repository=match["repository"], tag=tag, digest=digest)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSettings:
+    reference: ImageReference
+    registry: str
+    username: str | None
+    password: str | None
+    pull: PullPolicy
+
+
+@dataclasses.dataclass(frozen=True)
 class AppSettings:
     django_settings_module: str | None
     secret_key: str | None
@@ -146,6 +219,7 @@ class Settings:
     ssh: SSHSettings
     db: DatabaseSettings
     app: AppSettings
+    image: ImageSettings | None
     timeout: float
     secrets: tuple[str, ...]
 
@@ -315,16 +389,32 @@ def _app_settings(read: _Reader, environ: Mapping[str, str]) -> AppSettings:
     )
 
 
+def _image_settings(read: _Reader, pull: PullPolicy) -> ImageSettings:
+    reference = parse_image_reference(read.required("image", "the image to run the command in"), read.text("image-tag"))
+    registry = read.text("registry") or reference.registry
+    if not re.fullmatch(_DOMAIN, registry):
+        raise input_error("registry", "a registry host[:port], like registry.digitalocean.com", registry)
+    username, password = read.optional("registry-username"), read.optional("registry-password")
+    if bool(username) != bool(password):
+        raise SettingsError(
+            "registry-username and registry-password: expected both or neither, got only "
+            + ("registry-username" if username else "registry-password"),
+            hint="DigitalOcean's registry takes the access token as both.",
+        )
+    return ImageSettings(
+        reference=reference,
+        registry=registry,
+        username=username,
+        password=password,
+        pull=pull,
+    )
+
+
 def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
     """Raw inputs -> one validated ``Settings``; raises ``SettingsError`` naming the input."""
     environ = os.environ if environ is None else environ
     read = _Reader(raw)
     mode = read.choice("mode", Mode)
-    if mode is Mode.DOCKER:
-        raise SettingsError(
-            "mode: docker is not available in this version of bastion-migrate",
-            hint="Use mode: lightweight, which runs the command on the runner.",
-        )
     command = read.choice("command", Command)
     try:
         args = tuple(shlex.split(read.text("args")))
@@ -333,7 +423,11 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     ssh = _ssh_settings(read)
     db = _db_settings(read)
     app = _app_settings(read, environ)
+    pull = read.choice("pull", PullPolicy)  # validated in every mode: a typo must not wait for docker mode
+    image = _image_settings(read, pull) if mode is Mode.DOCKER else None
     secret_values = [ssh.password, ssh.private_key, ssh.passphrase, db.password, app.secret_key]
+    if image:
+        secret_values.append(image.password)
     secrets = {form for value in secret_values if value for form in secret_forms(value)}
     # The DSN holds the password; mask its fixed part (without the port, unknown yet) too.
     secrets.add(db.url(0).rsplit("@", 1)[0])
@@ -345,6 +439,7 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         ssh=ssh,
         db=db,
         app=app,
+        image=image,
         timeout=read.seconds("timeout"),
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
     )

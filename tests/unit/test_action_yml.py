@@ -42,3 +42,14 @@ def test_composite_with_a_linux_guard_first() -> None:
 def test_outputs_come_from_the_run_step() -> None:
     for name, output in ACTION["outputs"].items():
         assert output["value"] == f"${{{{ steps.run.outputs.{name} }}}}"
+
+
+def test_action_yml_is_rendered_from_the_tables() -> None:
+    import importlib.util  # noqa: PLC0415 - loads the script as a module only here
+
+    spec = importlib.util.spec_from_file_location("render", ROOT / "scripts/render_action_yml.py")
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "action.yml").read_text() == module.render(), "run scripts/render_action_yml.py"

@@ -86,6 +86,7 @@ def test_host_verification_is_required_unless_skipped_explicitly() -> None:
         pytest.param("db-port", "65536", "db-port: expected a port number 1-65535, got '65536'", id="port-high"),
         pytest.param("local-port", "-1", "local-port: expected a port number 0-65535, got '-1'", id="local-neg"),
         pytest.param("mode", "kubernetes", "mode: expected one of lightweight | docker, got 'kubernetes'", id="mode"),
+        pytest.param("pull", "sometimes", "pull: expected one of always | missing | never", id="pull"),
         pytest.param("command", "makemigrations", "command: expected one of probe", id="command"),
         pytest.param("timeout", "0", "timeout: expected a number of seconds greater than 0, got '0'", id="t-zero"),
         pytest.param("timeout", "-5", "timeout: expected a number of seconds greater than 0", id="t-negative"),
@@ -102,9 +103,49 @@ def test_bad_values_are_named(name: str, value: str, expected: str) -> None:
     assert error_of(**{name: value}).message.startswith(expected)
 
 
-def test_docker_mode_is_refused_clearly_in_this_version() -> None:
+def test_docker_mode_needs_an_image() -> None:
     error = error_of(mode="docker")
-    assert error.message.startswith("mode: docker")
+    assert error.message.startswith("image: required")
+
+
+@pytest.mark.parametrize(
+    ("image", "tag", "expected", "registry"),
+    [
+        pytest.param(
+            "registry.digitalocean.com/meatscentral/projectmeats-backend",
+            "dev-abc",
+            "registry.digitalocean.com/meatscentral/projectmeats-backend:dev-abc",
+            "registry.digitalocean.com",
+            id="do-tag-appended",
+        ),
+        pytest.param("reg.lab:5443/team/app:v1", "ignored", "reg.lab:5443/team/app:v1", "reg.lab:5443", id="own-tag"),
+        pytest.param("ubuntu", "latest", "ubuntu:latest", "docker.io", id="hub"),
+        pytest.param(
+            "localhost:5000/x@sha256:" + "a" * 64,
+            "t",
+            "localhost:5000/x@sha256:" + "a" * 64,
+            "localhost:5000",
+            id="digest",
+        ),
+    ],
+)
+def test_image_references(image: str, tag: str, expected: str, registry: str) -> None:
+    parsed = parse(mode="docker", image=image, **{"image-tag": tag})
+    assert parsed.image is not None
+    assert str(parsed.image.reference) == expected
+    assert parsed.image.registry == registry
+
+
+@pytest.mark.parametrize("image", ["UPPER/case", "a//b", "x:", "x@sha256:zz", "http://x/y", "app:bad tag"])
+def test_malformed_image_reference(image: str) -> None:
+    assert error_of(mode="docker", image=image).message.startswith("image: expected an image reference")
+
+
+def test_registry_credentials_come_in_pairs_and_are_secret() -> None:
+    error = error_of(mode="docker", image="r.io/a", **{"registry-username": "u"})
+    assert "expected both or neither" in error.message
+    parsed = parse(mode="docker", image="r.io/a", **{"registry-username": "tok", "registry-password": "tok-secret"})
+    assert "tok-secret" in parsed.secrets
 
 
 def test_unknown_input_is_refused() -> None:

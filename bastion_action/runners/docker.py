@@ -1,0 +1,248 @@
+"""Docker mode: registry login and pull, then the command in the image (aiodocker only)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import aiohttp
+from aiodocker.types import JSONObject
+
+from bastion_action.errors import CommandError, PullError
+from bastion_action.settings import ImageSettings, PullPolicy
+
+LABEL_PREFIX = "io.github.bastion-migrate"
+REMOVE_TIMEOUT_SECONDS = 20.0
+# Layer states worth a line each; byte-level "Downloading"/"Extracting" progress is dropped.
+_LAYER_STATES = frozenset({"Pulling fs layer", "Already exists", "Download complete", "Pull complete"})
+_CONTAINER_ID = re.compile(r"/(?:docker/)?containers/([0-9a-f]{64})/")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedImage:
+    image_id: str
+    digest: str | None
+    pulled: bool
+
+
+def own_container_id(mountinfo: str) -> str | None:
+    """The id of the container this process runs in (a job container), from /proc/self/mountinfo."""
+    match = _CONTAINER_ID.search(mountinfo)
+    return match.group(1) if match else None
+
+
+def _classify(message: str, reference: str, registry: str) -> PullError:
+    lowered = message.lower()
+    if any(word in lowered for word in ("unauthorized", "authentication required", "no basic auth", "denied")):
+        return PullError(
+            f"the registry {registry} refused the credentials for {reference}: {message}",
+            hint="Check registry-username / registry-password (DigitalOcean: the access token as both) "
+            "and that the token may read this repository.",
+            anchor="registry-authentication",
+        )
+    if any(word in lowered for word in ("manifest unknown", "not found", "does not exist")):
+        return PullError(
+            f"{reference} was not found in {registry}: {message}",
+            hint="Check image and image-tag: was this tag pushed (by the build job) before this run?",
+            anchor="image-not-found",
+        )
+    if any(word in lowered for word in ("x509", "certificate", "tls")):
+        return PullError(
+            f"TLS with {registry} failed: {message}",
+            hint="The Docker daemon must trust the registry's certificate (/etc/docker/certs.d/HOST:PORT/ca.crt).",
+        )
+    return PullError(f"pulling {reference} failed: {message}", hint="See the message; check image and registry.")
+
+
+class DockerRunner:
+    """One daemon connection for a run; every container it starts is removed."""
+
+    def __init__(self, docker: aiodocker.Docker) -> None:
+        self.docker = docker
+
+    @property
+    def daemon(self) -> str:
+        return str(self.docker.docker_host)
+
+    def _unreachable(self, exc: BaseException) -> PullError:
+        return PullError(
+            f"cannot reach the Docker daemon at {self.daemon}: {exc}",
+            hint="Start the Docker engine on the runner, or point DOCKER_HOST at it.",
+            anchor="docker-daemon",
+        )
+
+    async def network_mode(self) -> str:
+        """``host`` on a plain runner; the job container's own namespace inside a job container.
+
+        Inside a ``container:`` job the tunnel listens on the job container's loopback,
+        which the daemon's host network cannot see. When this process runs in a
+        container *of the same daemon*, the migration container joins that
+        container's network namespace, so ``127.0.0.1:<tunnel-port>`` is the same
+        socket for both. (A runner that is itself a container with its own daemon
+        inside is a plain host for that daemon.)
+        """
+        container = _own_container_id_if_containerised()
+        if container is None:
+            return "host"
+        try:
+            await self.docker.containers.get(container)
+        except aiodocker.DockerError:
+            return "host"
+        return f"container:{container}"
+
+    async def _inspect(self, reference: str) -> dict[str, Any] | None:
+        try:
+            return await self.docker.images.inspect(reference)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:  # noqa: PLR2004 - HTTP Not Found
+                return None
+            raise
+
+    async def prepare(self, image: ImageSettings, on_line: Callable[[str], None]) -> PreparedImage:
+        """Make the image present per ``pull`` policy; return its id and registry digest."""
+        reference = str(image.reference)
+        try:
+            present = await self._inspect(reference)
+            pulled = False
+            if image.pull is PullPolicy.ALWAYS or (present is None and image.pull is PullPolicy.MISSING):
+                await self._pull(image, on_line)
+                pulled = True
+                present = await self._inspect(reference)
+        except aiodocker.DockerStreamError as exc:
+            raise _classify(exc.message, reference, image.registry) from exc
+        except aiodocker.DockerError as exc:
+            raise _classify(f"{exc.status} {exc.message}", reference, image.registry) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        if present is None:
+            policy = "pull is 'never'" if image.pull is PullPolicy.NEVER else "the pull did not produce it"
+            raise PullError(
+                f"{reference} is not on this runner and {policy}",
+                hint="Set pull: missing (the default) or pull the image in an earlier step.",
+                anchor="image-not-found",
+            )
+        return PreparedImage(image_id=str(present["Id"]), digest=_digest(present, image), pulled=pulled)
+
+    async def _pull(self, image: ImageSettings, on_line: Callable[[str], None]) -> None:
+        auth = None
+        if image.username and image.password:
+            auth = {"username": image.username, "password": image.password, "serveraddress": image.registry}
+        reference = str(image.reference)
+        if auth and image.reference.registry == "docker.io" and not reference.startswith("docker.io/"):
+            reference = "docker.io/" + reference  # aiodocker wants the host in the name to send credentials
+        layers: dict[str, str] = {}
+        async for event in self.docker.images.pull(reference, auth=auth, stream=True):
+            line = _progress_line(event, layers)
+            if line:
+                on_line(line)
+
+    async def run(
+        self,
+        image: PreparedImage,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        labels: Mapping[str, str],
+        on_line: Callable[[str], None],
+        tail: collections.deque[str],
+    ) -> int:
+        """Run ``argv`` in the image with host networking; stream its log; always remove it."""
+        config: JSONObject = {
+            "Image": image.image_id,
+            "Cmd": list(argv),
+            "Env": [f"{name}={value}" for name, value in env.items()],
+            "Labels": {f"{LABEL_PREFIX}.{name}": value for name, value in labels.items()},
+            "Tty": False,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "HostConfig": {"NetworkMode": await self.network_mode(), "Init": True},
+        }
+        name = f"bastion-migrate-{uuid.uuid4().hex[:12]}"
+        try:
+            container = await self.docker.containers.create(config=config, name=name)
+        except aiodocker.DockerError as exc:
+            raise CommandError(f"cannot create the container: {exc.message}", hint="See the Docker message.") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            await container.start()
+            async for line in _lines(container.log(stdout=True, stderr=True, follow=True)):
+                tail.append(line)
+                on_line(line)
+            result = await container.wait()
+            return int(result["StatusCode"])
+        finally:
+            await asyncio.shield(self._remove(container))
+
+    async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
+        with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError):
+            await container.delete(force=True, timeout=REMOVE_TIMEOUT_SECONDS)
+
+
+def _own_container_id_if_containerised() -> str | None:
+    if not Path("/.dockerenv").exists():
+        return None
+    try:
+        return own_container_id(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return None
+
+
+def _digest(inspected: Mapping[str, Any], image: ImageSettings) -> str | None:
+    if image.reference.digest:
+        return image.reference.digest
+    digests = [str(entry) for entry in inspected.get("RepoDigests") or []]
+    repository = image.reference.repository
+    for entry in digests:
+        name, _, digest = entry.partition("@")
+        if name == repository or name.endswith("/" + repository):
+            return digest
+    return digests[0].partition("@")[2] if digests else None
+
+
+def _progress_line(event: Mapping[str, Any], layers: dict[str, str]) -> str | None:
+    status = str(event.get("status", ""))
+    layer = event.get("id")
+    if not layer or status.startswith(("Pulling from", "Digest")):
+        return status or None
+    if status in _LAYER_STATES and layers.get(str(layer)) != status:
+        layers[str(layer)] = status
+        return f"{layer}: {status}"
+    return None
+
+
+async def _lines(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Docker log frames are not lines; re-split them."""
+    pending = ""
+    async for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split("\n")
+        for line in complete:
+            yield line.rstrip("\r")
+    if pending:
+        yield pending.rstrip("\r")
+
+
+@contextlib.asynccontextmanager
+async def connect() -> AsyncIterator[DockerRunner]:
+    """A daemon connection that honours DOCKER_HOST as the Docker CLI does."""
+    try:
+        docker = aiodocker.Docker()
+    except (ValueError, OSError) as exc:
+        raise PullError(
+            f"no Docker daemon found: {exc}",
+            hint="Start the Docker engine on the runner, or point DOCKER_HOST at it.",
+            anchor="docker-daemon",
+        ) from exc
+    try:
+        yield DockerRunner(docker)
+    finally:
+        await docker.close()

@@ -1,0 +1,37 @@
+"""Test hooks for bastion-migrate's own test suite.
+
+This migration exists so the action's tests can make a migration run slow or
+fail on demand, without a second sample project:
+
+- ``SAMPLE_MIGRATION_SLEEP=N``: sleep N seconds *in the database*
+  (``SELECT pg_sleep(N)``), i.e. a long-running statement through the tunnel;
+- ``SAMPLE_MIGRATION_FAIL=1``: raise RuntimeError, i.e. a failing migration.
+
+With neither variable set it does nothing. It depends on the other apps' last
+migrations so that it is always the last one in the plan.
+"""
+import os
+
+from django.db import migrations
+
+
+def run_test_hooks(apps, schema_editor):
+    seconds = os.environ.get("SAMPLE_MIGRATION_SLEEP")
+    if seconds:
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(%s)", [float(seconds)])
+    if os.environ.get("SAMPLE_MIGRATION_FAIL"):
+        raise RuntimeError("audit.0002_test_hooks: failing on purpose (SAMPLE_MIGRATION_FAIL)")
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("audit", "0001_initial"),
+        ("catalog", "0002_product_sku"),
+        ("orders", "0002_seed_statuses"),
+    ]
+
+    operations = [
+        migrations.RunPython(run_test_hooks, migrations.RunPython.noop),
+    ]

@@ -1,0 +1,2 @@
+"""The sample project serves nothing: it exists to be migrated."""
+urlpatterns = []

@@ -1,0 +1,138 @@
+"""Docker mode against the lab: TLS registry with auth, the production image, host networking."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+from support import admin_sql, finish_action, processes_mentioning, start_action
+
+SAMPLE_MIGRATIONS = 6
+LABEL = "io.github.bastion-migrate.command"
+
+
+def containers() -> set[str]:
+    done = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL}"], capture_output=True, text=True, check=True
+    )
+    return set(done.stdout.split())
+
+
+@pytest.fixture
+def docker_inputs(base_inputs, lab):
+    before = containers()
+    yield {
+        **base_inputs,
+        "mode": "docker",
+        "python": "",  # the image's own python
+        "working-directory": "",
+        "image": lab["image"],
+        "image-tag": lab["image_tag"],
+        "registry-username": lab["registry_user"],
+        "registry-password": lab["registry_password"],
+    }
+    assert containers() == before, "a container of the run was left behind"
+
+
+@pytest.fixture
+def secrets(secrets, lab):  # the registry password joins the scanned secrets
+    return [*secrets, lab["registry_password"]]
+
+
+def assert_failed_in(run, stage: str) -> None:
+    assert run.returncode != 0, run.explain()
+    assert run.outputs["result"] == "failure", run.explain()
+    errors = [line for line in run.annotations if line.startswith("::error")]
+    assert len(errors) == 1, run.explain()
+    assert errors[0].startswith(f"::error title=bastion-migrate%3A {stage} failed::"), run.explain()
+
+
+def test_pull_with_credentials_then_migrate(action, docker_inputs, lab, fresh_db) -> None:
+    reference = f"{lab['image']}:{lab['image_tag']}"
+    subprocess.run(["docker", "rmi", "-f", reference], capture_output=True, check=False)
+    run = action({**docker_inputs, "command": "migrate"})
+    assert run.returncode == 0, run.explain()
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", run.outputs["image-digest"])
+    assert "::group::pull " in run.stdout
+    assert "Pull complete" in run.stdout
+    assert run.stdout.count("Applying ") == SAMPLE_MIGRATIONS
+    assert int(admin_sql(lab, "SELECT count(*) FROM django_migrations", fresh_db)) == SAMPLE_MIGRATIONS
+    assert run.outputs["image-digest"] in run.summary
+    assert "| pull |" in run.summary
+
+    show = action({**docker_inputs, "command": "showmigrations"})
+    assert show.returncode == 0, show.explain()
+    assert show.stdout.count("[X]") == SAMPLE_MIGRATIONS
+    assert "pulled" not in show.stdout.split("image:")[1].splitlines()[0], "a present image is not pulled again"
+    assert show.outputs["image-digest"] == run.outputs["image-digest"]
+
+
+def test_pull_never_with_the_image_absent(action, docker_inputs) -> None:
+    run = action(
+        {**docker_inputs, "command": "showmigrations", "pull": "never", "image-tag": "absent-" + uuid.uuid4().hex[:8]}
+    )
+    assert_failed_in(run, "pull")
+    assert "pull is 'never'" in run.annotations[0]
+
+
+def test_wrong_registry_password(action, docker_inputs) -> None:
+    run = action(
+        {**docker_inputs, "command": "showmigrations", "pull": "always", "registry-password": "wrong-password"}
+    )
+    assert_failed_in(run, "pull")
+    assert "refused the credentials" in run.annotations[0]
+
+
+def test_tag_that_does_not_exist(action, docker_inputs) -> None:
+    run = action({**docker_inputs, "command": "showmigrations", "image-tag": "no-such-tag-" + uuid.uuid4().hex[:8]})
+    assert_failed_in(run, "pull")
+    assert "not found" in run.annotations[0]
+
+
+def test_failing_migration_in_the_image(action, docker_inputs) -> None:
+    run = action({**docker_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_FAIL=1"})
+    assert_failed_in(run, "command")
+    assert run.outputs["exit-code"] == "1"
+    assert "failing on purpose" in run.summary
+
+
+def test_wrong_docker_host_fails_in_the_pull_stage(action, docker_inputs) -> None:
+    run = action(
+        {**docker_inputs, "command": "showmigrations"}, extra_env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    )
+    assert_failed_in(run, "pull")
+    assert "/nonexistent/docker.sock" in run.annotations[0]
+
+
+def test_sigterm_removes_the_container_and_keeps_secrets_out_of_it(docker_inputs, secrets, fresh_db, tmp_path) -> None:
+    inputs = {**docker_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_SLEEP=60"}
+    started = time.monotonic()
+    process = start_action(inputs, tmp_path)
+    deadline = time.monotonic() + 60
+    running: set[str] = set()
+    while time.monotonic() < deadline and not running:
+        time.sleep(0.3)
+        running = containers()
+    assert running, "the container never started"
+    time.sleep(2)
+    inspected = json.loads(
+        subprocess.run(["docker", "inspect", *running], capture_output=True, text=True, check=True).stdout
+    )
+    visible = json.dumps(
+        [{k: c["Config"][k] for k in ("Cmd", "Labels", "Entrypoint")} | {"Name": c["Name"]} for c in inspected]
+    )
+    assert not [secret for secret in secrets if secret in visible]
+    assert inspected[0]["HostConfig"]["NetworkMode"] == "host"
+    os.kill(process.pid, signal.SIGTERM)
+    cancelled_at = time.monotonic()
+    run = finish_action(process, tmp_path, started, timeout=30)
+    assert time.monotonic() - cancelled_at < 10, run.explain()
+    assert run.returncode == 128 + signal.SIGTERM
+    assert not containers() & running
+    assert processes_mentioning(fresh_db) == []

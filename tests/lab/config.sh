@@ -1,0 +1,83 @@
+# shellcheck shell=bash disable=SC2034
+# Every name, address and credential of the lab. Each one can be overridden
+# from the environment, e.g. `LAB_NET=10.77 LAB_PREFIX=xlab bash up.sh`.
+# The secrets below are throw-away lab credentials, not real ones.
+
+: "${LAB_PREFIX:=bmlab}"
+: "${LAB_DIR:=/var/lib/bastion-migrate-lab}"
+
+# Addressing: LAB_NET=10.231 gives 10.231.1.0/24 (runner <-> bastion) and
+# 10.231.2.0/24 (bastion <-> private).
+: "${LAB_NET:=10.231}"
+: "${LAB_RUNNER_NET:=${LAB_NET}.1}"
+: "${LAB_PRIVATE_NET:=${LAB_NET}.2}"
+: "${LAB_HOST_IP:=${LAB_RUNNER_NET}.1}"          # host ("runner") side
+: "${LAB_BASTION_IP:=${LAB_RUNNER_NET}.2}"       # bastion, runner side
+: "${LAB_BASTION_PRIVATE_IP:=${LAB_PRIVATE_NET}.1}" # bastion, private side
+: "${LAB_DB_HOST:=${LAB_PRIVATE_NET}.2}"         # private (PostgreSQL)
+: "${LAB_HBA_CIDR:=${LAB_NET}.0.0/16}"
+
+# Namespaces and veths (interface names: 15 characters at most).
+: "${LAB_BASTION_NS:=${LAB_PREFIX}-bastion}"
+: "${LAB_PRIVATE_NS:=${LAB_PREFIX}-private}"
+: "${LAB_VETH_HOST:=${LAB_PREFIX}-hb}"           # in the host
+: "${LAB_VETH_BASTION_UP:=${LAB_PREFIX}-bh}"     # in bastion, towards host
+: "${LAB_VETH_BASTION_DOWN:=${LAB_PREFIX}-bp}"   # in bastion, towards private
+: "${LAB_VETH_PRIVATE:=${LAB_PREFIX}-pb}"        # in private
+
+# SSH bastion
+: "${LAB_SSH_PORT:=22}"
+: "${LAB_SSH_PASSWORD_USER:=${LAB_PREFIX}-pw}"
+: "${LAB_SSH_PASSWORD:=Bm!lab:pw@bastion#1}"
+: "${LAB_SSH_KEY_USER:=${LAB_PREFIX}-key}"
+: "${LAB_SSH_KEY_PASSPHRASE:=key pass:phrase@42!}"
+
+# PostgreSQL
+: "${LAB_PG_BIN:=/usr/lib/postgresql/15/bin}"
+: "${LAB_DB_PORT:=5432}"
+: "${LAB_DB_NAME:=app}"
+: "${LAB_DB_USER:=migrator}"
+: "${LAB_DB_PASSWORD:=Mi:gr@te/#%pw 1}"
+: "${LAB_DB_MAX_CONNECTIONS:=200}"
+
+# Registry (TLS from a lab CA, htpasswd auth) on the host side of the veth:
+# not on 127.0.0.0/8, which dockerd treats as an insecure registry.
+: "${LAB_REGISTRY_HOST:=registry.${LAB_PREFIX}.test}"
+: "${LAB_REGISTRY_PORT:=5443}"
+: "${LAB_REGISTRY_USER:=${LAB_PREFIX}-registry}"
+: "${LAB_REGISTRY_PASSWORD:=Reg!stry:pw-2024}"
+: "${LAB_REGISTRY:=${LAB_REGISTRY_HOST}:${LAB_REGISTRY_PORT}}"
+
+# Images
+: "${LAB_DEBIAN_SUITE:=bookworm}"
+: "${LAB_DEBIAN_MIRROR:=http://deb.debian.org/debian}"
+: "${LAB_BASE_IMAGE:=${LAB_PREFIX}/base:${LAB_DEBIAN_SUITE}}"
+: "${LAB_IMAGE_REPO:=bastion-migrate/sample}"
+: "${LAB_IMAGE:=${LAB_REGISTRY}/${LAB_IMAGE_REPO}}"
+: "${LAB_IMAGE_TAG:=latest}"
+
+# Runner-side Django ("lightweight" mode)
+: "${LAB_PYTHON:=python3}"
+: "${LAB_DJANGO_VERSION:=4.2.30}"
+: "${LAB_PSYCOPG2_VERSION:=2.9.13}"
+
+# Timeouts (seconds)
+: "${LAB_DOCKERD_TIMEOUT:=60}"
+: "${LAB_START_TIMEOUT:=30}"
+
+# Debian packages up.sh makes sure of.
+LAB_APT_PACKAGES=(openssh-server postgresql docker.io docker-registry apache2-utils
+    debootstrap iproute2 openssl sshpass procps psmisc curl)
+
+# Derived paths (not meant to be overridden one by one).
+LAB_SSH_DIR="$LAB_DIR/ssh"
+LAB_PG_DIR="$LAB_DIR/postgres"
+LAB_PG_DATA="$LAB_PG_DIR/data"
+LAB_PG_SOCKET_DIR="$LAB_PG_DIR/run"
+LAB_PG_LOG="$LAB_PG_DIR/postgres.log"
+LAB_REGISTRY_DIR="$LAB_DIR/registry"
+LAB_CA_DIR="$LAB_DIR/ca"
+LAB_CACHE_DIR="$LAB_DIR/cache"
+LAB_VENV="$LAB_DIR/django-venv"
+LAB_HOSTS_MARKER="# bastion-migrate-lab:${LAB_PREFIX}"
+LAB_DOCKER_CERTS_DIR="/etc/docker/certs.d/${LAB_REGISTRY}"
