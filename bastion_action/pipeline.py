@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Iterator, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bastion_action import database, tunnel
 from bastion_action.errors import (
@@ -28,8 +28,12 @@ from bastion_action.errors import (
 )
 from bastion_action.gha import Console
 from bastion_action.report import TAIL_LINES, Result, RunResult
-from bastion_action.runners import docker, local
+from bastion_action.runners import local
 from bastion_action.settings import Command, Mode, Settings
+
+if TYPE_CHECKING:
+    # aiodocker (through aiohttp) is the heaviest import; lightweight runs never load it.
+    from bastion_action.runners import docker
 
 _T = TypeVar("_T")
 _U = TypeVar("_U")
@@ -229,6 +233,8 @@ class _Run:
         async with contextlib.AsyncExitStack() as stack:
             runner = None
             if settings.mode is Mode.DOCKER and settings.command is not Command.PROBE:
+                from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
+
                 runner = await stack.enter_async_context(docker.connect())
             # The recipe logs in, pulls, then tunnels; here the pull overlaps tunnel + probe.
             opened, image = await _concurrently(self.connect(stack, credentials), self.pull(runner))

@@ -29,7 +29,6 @@ import pytest
 # (E2E_REPO_ROOT only to exercise this test itself against a toy action).
 REPO_ROOT = Path(os.environ.get("E2E_REPO_ROOT") or Path(__file__).resolve().parents[2])
 WORKFLOW = ".github/workflows/e2e-lab.yml"
-JOB = "lightweight"
 ACT_TIMEOUT_S = int(os.environ.get("E2E_ACT_TIMEOUT", "600"))
 LOG_TAIL_LINES = 200
 
@@ -179,7 +178,13 @@ def _strings(obj: Any) -> list[str]:
 def secret_values_to_check(secret_env: dict[str, str], private_key: str) -> dict[str, str]:
     """Each secret and each derived form the action could print."""
     checks: dict[str, str] = {}
-    for name in ("LAB_SSH_PASSWORD", "LAB_DB_PASSWORD", "LAB_SSH_PASSPHRASE", "LAB_SECRET_KEY"):
+    for name in (
+        "LAB_SSH_PASSWORD",
+        "LAB_DB_PASSWORD",
+        "LAB_SSH_PASSPHRASE",
+        "LAB_SECRET_KEY",
+        "LAB_REGISTRY_PASSWORD",
+    ):
         value = secret_env.get(name, "")
         if value:
             checks[name] = value
@@ -256,6 +261,7 @@ def tail(text: str, n: int = LOG_TAIL_LINES) -> str:
 
 @dataclass(repr=False)  # its fields hold secrets: never let pytest print them
 class ActRun:
+    job: str
     args: list[str]
     rc: int
     seconds: float
@@ -307,6 +313,8 @@ def lab_settings(lab: dict[str, Any], db: str) -> tuple[dict[str, str], dict[str
         "LAB_DB_PASSWORD": str(lab["db_password"]),
         "LAB_DB_NAME": db,
         "LAB_SECRET_KEY": "e2e-" + secrets.token_urlsafe(32),
+        "LAB_REGISTRY_USER": str(lab["registry_user"]),
+        "LAB_REGISTRY_PASSWORD": str(lab["registry_password"]),
     }
     # Not secret, and short values (ports) must not be secrets: act would mask
     # every occurrence of them in the log.
@@ -318,6 +326,8 @@ def lab_settings(lab: dict[str, Any], db: str) -> tuple[dict[str, str], dict[str
         "RUNNER_PYTHON": str(lab["runner_python"]),
         "LAB_SAMPLE_PROJECT": str(lab["sample_project"]),
         "LAB_DJANGO_SETTINGS_MODULE": str(lab["django_settings_module"]),
+        "LAB_IMAGE": str(lab["image"]),
+        "LAB_IMAGE_TAG": str(lab["image_tag"]),
     }
     return secret_env, var_env, private_key
 
@@ -326,11 +336,12 @@ def lab_settings(lab: dict[str, Any], db: str) -> tuple[dict[str, str], dict[str
     params=[
         # As on GitHub: act masks every secret (single-line ones; act does not
         # mask a multi-line secret such as the key) and honours ::add-mask::.
-        "runner-masks",
+        pytest.param(("lightweight", "runner-masks"), id="lightweight-runner-masks"),
         # --insecure-secrets: act masks nothing, not even ::add-mask:: values,
         # so any secret the action prints shows (the contract: nothing secret
         # is printed even where no runner masks it, ::add-mask:: lines aside).
-        "no-runner-masking",
+        pytest.param(("lightweight", "no-runner-masking"), id="lightweight-no-runner-masking"),
+        pytest.param(("docker", "no-runner-masking"), id="docker-no-runner-masking"),
     ]
 )
 def act_run(
@@ -344,6 +355,7 @@ def act_run(
     tmp_path: Path,
 ) -> ActRun:
     """e2e-lab.yml run by act against the lab and a fresh database."""
+    job, _ = request.param
     secret_env, var_env, private_key = lab_settings(lab, fresh_db)
     secret_file = write_dotenv(private_dir / "secrets.env", secret_env)
     var_file = write_dotenv(private_dir / "vars.env", var_env)
@@ -352,7 +364,7 @@ def act_run(
     args = [
         "workflow_dispatch",
         "-W", WORKFLOW,
-        "-j", JOB,
+        "-j", job,
         "-P", "ubuntu-latest=-self-hosted",
         "--action-offline-mode",
         "--action-cache-path", str(act_cache_dir),
@@ -365,7 +377,8 @@ def act_run(
         "--input-file", str(empty),
         "--input", "expect-server-major=15",
     ]  # fmt: skip
-    if request.param == "no-runner-masking":
+    job, masking = request.param
+    if masking == "no-runner-masking":
         args.append("--insecure-secrets")
     try:
         rc, seconds = run_act(act_bin, args, log_path)
@@ -377,6 +390,7 @@ def act_run(
     (tmp_path / "act.log").write_text(rendered)
     sys.stdout.write(f"act took {seconds:.1f} s, rc={rc}; log: {log_path} (as text: {tmp_path / 'act.log'})\n")
     return ActRun(
+        job=job,
         args=args,
         rc=rc,
         seconds=seconds,
@@ -446,8 +460,24 @@ def check_outputs(run: ActRun) -> None:
     run.expect(bad.get("result") == "failure", f"bad-hostkey outputs: {bad}")
 
 
-def test_lightweight_workflow_under_act(act_run: ActRun) -> None:
+def check_docker_job(run: ActRun) -> None:
+    run.expect(run.rc != -1, f"act did not finish within {ACT_TIMEOUT_S} s")
+    results = run.log.step_results()
+    run.expect(run.rc == 0, f"act exited {run.rc}; step results: {results}; outputs: {run.log.outputs()}")
+    run.expect(results.get("assert") == "success", f"assertion step: {results.get('assert')}")
+    run.expect(results.get("bad-registry") == "failure", f"bad-registry step result: {results}")
+    outputs = run.log.outputs()
+    migrate = outputs.get("migrate", {})
+    run.expect(re.fullmatch(r"sha256:[0-9a-f]{64}", migrate.get("image-digest", "")), f"migrate outputs: {migrate}")
+    run.expect(count_applied_migrations(run.lab, run.db) > 0, f"no row in {run.db}.django_migrations")
+    run.expect(outputs.get("bad-registry", {}).get("result") == "failure", f"outputs: {outputs}")
+
+
+def test_workflow_under_act(act_run: ActRun) -> None:
     # Secrets first: a leak is the worst failure, whatever else happened.
     check_no_secret_printed(act_run)
+    if act_run.job == "docker":
+        check_docker_job(act_run)
+        return
     check_job(act_run)
     check_outputs(act_run)
