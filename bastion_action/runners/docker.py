@@ -155,6 +155,7 @@ class DockerRunner:
         tail: collections.deque[str],
     ) -> int:
         """Run ``argv`` in the image with host networking; stream its log; always remove it."""
+        network = await self.network_mode()
         config: JSONObject = {
             "Image": image.image_id,
             "Cmd": list(argv),
@@ -163,9 +164,10 @@ class DockerRunner:
             "Tty": False,
             "AttachStdout": True,
             "AttachStderr": True,
-            "HostConfig": {"NetworkMode": await self.network_mode(), "Init": True},
+            "HostConfig": {"NetworkMode": network, "Init": True},
         }
         name = f"bastion-migrate-{uuid.uuid4().hex[:12]}"
+        on_line(f"container {name}: network {network}")
         try:
             container = await self.docker.containers.create(config=config, name=name)
         except aiodocker.DockerError as exc:

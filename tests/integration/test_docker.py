@@ -7,11 +7,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
-from support import admin_sql, finish_action, processes_mentioning, start_action
+from support import ROOT, ActionRun, admin_sql, finish_action, parse_output_file, processes_mentioning, start_action
 
 SAMPLE_MIGRATIONS = 6
 LABEL = "io.github.bastion-migrate.command"
@@ -136,3 +138,63 @@ def test_sigterm_removes_the_container_and_keeps_secrets_out_of_it(docker_inputs
     assert run.returncode == 128 + signal.SIGTERM
     assert not containers() & running
     assert processes_mentioning(fresh_db) == []
+
+
+def test_job_container_shares_its_network_with_the_migration(docker_inputs, tmp_path, secrets) -> None:
+    """The job itself in a container (`container:` in a workflow): 127.0.0.1 must still be the tunnel."""
+    venv = Path(sys.prefix)
+    base_python = Path(sys.executable).resolve()
+    pyenv_root = next(parent for parent in base_python.parents if parent.name == "versions").parent
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    (workdir / "output").write_text("")
+    (workdir / "summary").write_text("")
+    env = {
+        **{"INPUT_" + name.upper().replace("-", "_"): value for name, value in docker_inputs.items()},
+        "INPUT_COMMAND": "showmigrations",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": f"{workdir}/output",
+        "GITHUB_STEP_SUMMARY": f"{workdir}/summary",
+        "GITHUB_WORKSPACE": str(workdir),
+    }
+    env_file = tmp_path / "job.env"  # secrets go in a file, never on docker's command line
+    env_file.touch(mode=0o600)
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in env.items() if "\n" not in value))
+    done = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--env-file",
+            str(env_file),
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            f"{pyenv_root}:{pyenv_root}:ro",
+            "-v",
+            f"{venv}:{venv}:ro",
+            "-v",
+            f"{ROOT}:{ROOT}:ro",
+            "-v",
+            f"{workdir}:{workdir}",
+            "bmlab/base:bookworm",
+            f"{venv}/bin/python",
+            f"{ROOT}/entrypoint.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    run = ActionRun(
+        returncode=done.returncode,
+        stdout=done.stdout,
+        stderr=done.stderr,
+        outputs=parse_output_file((workdir / "output").read_text()),
+        summary=(workdir / "summary").read_text(),
+        seconds=0,
+    )
+    assert run.returncode == 0, run.explain()
+    assert re.search(r"network container:[0-9a-f]{64}", run.stdout), run.explain()
+    assert "[ ] 0001_initial" in run.stdout
+    assert not run.leaks(secrets)
