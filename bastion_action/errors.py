@@ -7,6 +7,7 @@
     ├── LockError               advisory lock not acquired in time
     ├── PullError               registry login or image pull
     └── CommandError            the migration command failed, timed out or was cut off
+        └── PendingMigrationsError  `check` found migrations not applied (result: pending)
 
 Library exceptions are translated into these at the module that talks to the
 library (``raise TunnelError(...) from exc``); nothing else reaches the user.
@@ -86,6 +87,10 @@ class CommandError(ActionError):
     ) -> None:
         super().__init__(message, hint=hint, anchor=anchor)
         self.exit_code = exit_code
+
+
+class PendingMigrationsError(CommandError):
+    """``check`` found unapplied migrations: the run's result is ``pending``, not ``failure``."""
 
 
 def input_error(name: str, expected: str, got: str | None = None) -> SettingsError:

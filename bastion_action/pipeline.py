@@ -15,11 +15,12 @@ import time
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-from bastion_action import database, tunnel
+from bastion_action import database, migrations, tunnel
 from bastion_action.errors import (
     ActionError,
     CommandError,
     LockError,
+    PendingMigrationsError,
     ProbeError,
     PullError,
     SettingsError,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     # aiodocker (through aiohttp) is the heaviest import; lightweight runs never load it.
     from bastion_action.runners import docker
 
+OUTPUT_LINES = 100_000  # kept for parsing; a command printing more is cut at the front
 _T = TypeVar("_T")
 _U = TypeVar("_U")
 
@@ -72,14 +74,19 @@ class _Clock:
             self.run.timings[stage.value] = self.run.timings.get(stage.value, 0.0) + time.perf_counter() - started
 
 
-def django_argv(settings: Settings) -> list[str]:
-    """``manage.py`` and its arguments for the Django commands."""
-    if settings.command is Command.MIGRATE:
+def command_argv(settings: Settings) -> list[str]:
+    """The command line after the interpreter: ``manage.py ...`` for Django, the args for custom."""
+    command = settings.command
+    if command is Command.CUSTOM:
+        return list(settings.args)
+    if command is Command.MIGRATE:
         args = ["migrate", "--noinput"]
         if settings.app.fake_initial:
             args.append("--fake-initial")
+    elif command in {Command.PLAN, Command.CHECK}:
+        args = ["migrate", "--plan"]
     else:
-        args = [settings.command.value]
+        args = [command.value]
     return [settings.app.manage_py, *args, *settings.args]
 
 
@@ -140,6 +147,8 @@ class _Run:
         self.run = run
         self.clock = clock
         self.python = ""
+        self.runner: docker.DockerRunner | None = None
+        self.image: docker.PreparedImage | None = None
 
     def prepare(self) -> tunnel.Credentials:
         settings = self.settings
@@ -147,7 +156,8 @@ class _Run:
             credentials = tunnel.load_credentials(settings.ssh)
             if settings.mode is Mode.LIGHTWEIGHT and settings.command is not Command.PROBE:
                 local.check_working_directory(settings.app.working_directory)
-                self.python = local.resolve_python(settings.app.python, settings.app.working_directory)
+                if settings.command is not Command.CUSTOM:
+                    self.python = local.resolve_python(settings.app.python, settings.app.working_directory)
         if settings.ssh.insecure_skip_host_key_check:
             self.console.warning(
                 "ssh-insecure-skip-host-key-check is true: the bastion's identity is not verified, so a man in "
@@ -156,7 +166,9 @@ class _Run:
             )
         return credentials
 
-    async def connect(self, stack: contextlib.AsyncExitStack, credentials: tunnel.Credentials) -> tunnel.Tunnel:
+    async def connect(
+        self, stack: contextlib.AsyncExitStack, credentials: tunnel.Credentials
+    ) -> tuple[tunnel.Tunnel, database.Session]:
         ssh, db, run = self.settings.ssh, self.settings.db, self.run
         with self.clock.stage_of(Stage.TUNNEL):
             opened = await stack.enter_async_context(
@@ -168,79 +180,142 @@ class _Run:
             f"({run.timings[Stage.TUNNEL.value]:.2f} s)"
         )
         with self.clock.stage_of(Stage.PROBE):
-            server = await database.probe(db, opened.port, ssh.connect_timeout)
+            session = await stack.enter_async_context(database.session(db, opened.port, ssh.connect_timeout))
+            server = await session.describe()
         run.server = server
         self.console.line(
             f"probe: PostgreSQL {server.version}, database {server.database} as {server.user}, "
             f"SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
         )
-        return opened
+        return opened, session
 
-    async def pull(self, runner: docker.DockerRunner | None) -> docker.PreparedImage | None:
-        image = self.settings.image
+    async def pull(self) -> None:
+        image, runner = self.settings.image, self.runner
         if runner is None or image is None:
-            return None
+            return
         self.run.image = str(image.reference)
         progress: list[str] = []
         try:
             with self.clock.stage_of(Stage.PULL):
-                prepared = await runner.prepare(image, progress.append)
+                self.image = await runner.prepare(image, progress.append)
         finally:
             # The pull overlaps the tunnel's log lines; its compact progress is shown as one group.
             if progress:
                 with self.console.group(f"pull {image.reference}"):
                     for line in progress:
                         self.console.line(line)
-        self.run.image_digest = prepared.digest
+        self.run.image_digest = self.image.digest
         self.console.line(
-            f"image: {image.reference} ({prepared.digest or prepared.image_id}), "
-            f"{'pulled' if prepared.pulled else 'already present'} in {self.run.timings[Stage.PULL.value]:.2f} s"
+            f"image: {image.reference} ({self.image.digest or self.image.image_id}), "
+            f"{'pulled' if self.image.pulled else 'already present'} in {self.run.timings[Stage.PULL.value]:.2f} s"
         )
-        return prepared
 
-    async def command(
-        self, opened: tunnel.Tunnel, runner: docker.DockerRunner | None, image: docker.PreparedImage | None
-    ) -> None:
-        settings, run = self.settings, self.run
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        manage = django_argv(settings)
-        work: Awaitable[int]
-        if runner is not None and image is not None:
+    async def lock(self, session: database.Session) -> None:
+        settings = self.settings
+        if not settings.lock:
+            return
+        with self.clock.stage_of(Stage.LOCK):
+            waited = await session.lock(settings.lock_timeout, self.console.line)
+        self.run.lock_wait = waited
+        key1, key2 = database.lock_keys(settings.db.name)
+        self.console.line(f"lock: pg_advisory_lock({key1}, {key2}) held after {waited:.2f} s")
+
+    def _work(self, opened: tunnel.Tunnel, argv: list[str], output: collections.deque[str]) -> Awaitable[int]:
+        settings = self.settings
+        if self.runner is not None and self.image is not None:
             env = command_env(settings, opened.port, {})
             labels = {"environment": settings.environment, "command": settings.command.value}
-            argv = [settings.app.python, *manage]
-            work = runner.run(image, argv, env=env, labels=labels, on_line=self.console.line, tail=tail)
-        else:
-            env = command_env(settings, opened.port, os.environ)
-            argv = [self.python, *manage]
-            cwd = settings.app.working_directory
-            work = local.run(argv, cwd=cwd, env=env, on_line=self.console.line, tail=tail)
+            if settings.command is not Command.CUSTOM:
+                argv = [settings.app.python, *argv]
+            return self.runner.run(self.image, argv, env=env, labels=labels, on_line=self.console.line, tail=output)
+        env = command_env(settings, opened.port, os.environ)
+        if settings.command is not Command.CUSTOM:
+            argv = [self.python, *argv]
+        cwd = settings.app.working_directory
+        return local.run(argv, cwd=cwd, env=env, on_line=self.console.line, tail=output)
+
+    async def execute(
+        self, opened: tunnel.Tunnel, argv: list[str], title: str, *, main: bool = True
+    ) -> tuple[int, list[str]]:
+        """Run one command, watching the tunnel; its exit code and its whole output."""
+        output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
         try:
-            with self.console.group(f"{settings.app.python} {' '.join(manage)}"):
-                run.exit_code = await _watch_command(work, opened)
+            with self.console.group(title):
+                code = await _watch_command(self._work(opened, argv, output), opened)
         finally:
-            run.output_tail = [self.console.redact(line) for line in tail]
+            if main:  # the summary shows the tail of the user's command, not of follow-ups
+                self.run.output_tail = [self.console.redact(line) for line in list(output)[-TAIL_LINES:]]
+        return code, list(output)
+
+    async def command(self, opened: tunnel.Tunnel, session: database.Session) -> None:
+        settings, run = self.settings, self.run
+        before = await session.snapshot()
+        argv = command_argv(settings)
+        shown = " ".join(argv) if settings.command is Command.CUSTOM else f"{settings.app.python} {' '.join(argv)}"
+        with self.clock.stage_of(Stage.COMMAND):
+            run.exit_code, output = await self.execute(opened, argv, shown)
+        if settings.command.django:
+            await self.results(opened, session, before, output)
         if run.exit_code != 0:
+            failing = f" while applying {run.failed_migration}" if run.failed_migration else ""
             raise CommandError(
-                f"`{' '.join(manage)}` exited with code {run.exit_code}",
+                f"`{' '.join(argv)}` exited with code {run.exit_code}{failing}",
                 hint="The command's last lines of output are in the step summary.",
                 exit_code=run.exit_code,
             )
+        if settings.command is Command.CHECK and run.pending:
+            run.exit_code = 1
+            shown_pending = ", ".join(run.pending[:20]) + (" ..." if len(run.pending) > 20 else "")  # noqa: PLR2004
+            raise PendingMigrationsError(
+                f"{len(run.pending)} migration(s) not applied: {shown_pending}",
+                hint="Run this action with command: migrate (after review) to apply them.",
+                exit_code=1,
+            )
+
+    async def results(
+        self, opened: tunnel.Tunnel, session: database.Session, before: list[tuple[str, str]], output: list[str]
+    ) -> None:
+        """Structured results: what the database recorded, what Django printed."""
+        settings, run = self.settings, self.run
+        text = "\n".join(output)
+        after = await session.snapshot()
+        run.applied = migrations.applied_since(before, after)
+        command = settings.command
+        if command is Command.SHOWMIGRATIONS:
+            apps = migrations.parse_showmigrations(text)
+            if not apps:  # --plan given in args
+                apps = migrations.group_by_app(migrations.parse_showmigrations_plan(text))
+        elif command in {Command.PLAN, Command.CHECK}:
+            apps = migrations.state_from_database(after, migrations.parse_migrate_plan(text))
+        else:
+            run.failed_migration = migrations.parse_migrate(text).failed
+            planned: list[migrations.Migration] = []
+            if run.exit_code != 0 or settings.args:
+                # A failed or targeted migrate can leave migrations behind; ask Django which.
+                argv = [settings.app.manage_py, "migrate", "--plan"]
+                code, plan_output = await self.execute(opened, argv, "what is left: migrate --plan", main=False)
+                if code == 0:
+                    planned = migrations.parse_migrate_plan("\n".join(plan_output))
+            apps = migrations.state_from_database(after, planned)
+        run.migrations = apps
+        run.pending = migrations.pending(item for items in apps.values() for item in items)
 
     async def stages(self) -> None:
         credentials = self.prepare()
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            runner = None
             if settings.mode is Mode.DOCKER and settings.command is not Command.PROBE:
                 from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
 
-                runner = await stack.enter_async_context(docker.connect())
+                self.runner = await stack.enter_async_context(docker.connect())
             # The recipe logs in, pulls, then tunnels; here the pull overlaps tunnel + probe.
-            opened, image = await _concurrently(self.connect(stack, credentials), self.pull(runner))
+            (opened, session), _ = await _concurrently(self.connect(stack, credentials), self.pull())
             if settings.command is not Command.PROBE:
-                with self.clock.stage_of(Stage.COMMAND):
-                    await self.command(opened, runner, image)
+                await self.lock(session)
+                try:
+                    await self.command(opened, session)
+                finally:
+                    await session.unlock()
         self.run.result = Result.SUCCESS
 
 
@@ -254,6 +329,8 @@ async def execute(settings: Settings, console: Console) -> RunResult:
             await _Run(settings, console, run, clock).stages()
     except ActionError as exc:
         run.error = exc
+        if isinstance(exc, PendingMigrationsError):
+            run.result = Result.PENDING
     except TimeoutError:
         error_type = _TIMEOUT_ERRORS[clock.stage]
         run.error = error_type(
@@ -269,6 +346,6 @@ async def execute(settings: Settings, console: Console) -> RunResult:
             task.uncancel()
     finally:
         run.duration = time.perf_counter() - started
-    if run.error is not None or run.cancelled:
+    if (run.error is not None and run.result is not Result.PENDING) or run.cancelled:
         run.result = Result.FAILURE
     return run

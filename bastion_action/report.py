@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 
 from bastion_action.errors import ActionError
+from bastion_action.migrations import Migration, State, as_json
 
 TAIL_LINES = 30
 
@@ -15,6 +17,12 @@ OUTPUTS: dict[str, str] = {
     "tunnel-port": "Local port of the tunnel on 127.0.0.1.",
     "server-version": "PostgreSQL server version, e.g. 15.14.",
     "image-digest": "Docker mode: registry manifest digest (sha256:...) of the image that ran.",
+    "applied-count": "Number of migrations this run applied.",
+    "applied": 'JSON list of the migrations this run applied, in order: ["app.name", ...].',
+    "pending-count": "Number of migrations not applied after the run.",
+    "pending": "JSON list of the migrations not applied after the run, in apply order.",
+    "migrations": 'JSON of the whole state: {"app": [{"name": ..., "applied": true|false, "state": ...}]}.',
+    "lock-wait-seconds": "Seconds spent waiting for the migration lock.",
     "duration-seconds": "Wall time of the run in decimal seconds.",
 }
 
@@ -53,6 +61,11 @@ class RunResult:
     error: ActionError | None = None
     cancelled: bool = False
     output_tail: list[str] = dataclasses.field(default_factory=list)
+    lock_wait: float | None = None
+    applied: list[str] | None = None  # recorded in django_migrations by this run, in order
+    pending: list[str] | None = None
+    migrations: dict[str, list[Migration]] | None = None
+    failed_migration: str | None = None
 
     @property
     def process_exit_code(self) -> int:
@@ -77,6 +90,16 @@ def outputs(run: RunResult) -> dict[str, str]:
         values["server-version"] = run.server.version
     if run.image_digest:
         values["image-digest"] = run.image_digest
+    if run.applied is not None:
+        values["applied-count"] = str(len(run.applied))
+        values["applied"] = json.dumps(run.applied)
+    if run.pending is not None:
+        values["pending-count"] = str(len(run.pending))
+        values["pending"] = json.dumps(run.pending)
+    if run.migrations is not None:
+        values["migrations"] = json.dumps(as_json(run.migrations), separators=(",", ":"))
+    if run.lock_wait is not None:
+        values["lock-wait-seconds"] = f"{run.lock_wait:.3f}"
     return values
 
 
@@ -84,46 +107,82 @@ def _escape_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def summary(run: RunResult) -> str:
-    """The step summary: what ran where, how it ended, how long each stage took."""
-    icon = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}[run.result]
-    env = run.environment or "(no environment)"
+def _migrations_table(run: RunResult) -> list[str]:
+    if run.migrations is None:
+        return []
+    applied_now = set(run.applied or [])
+    pending = len(run.pending or [])
     lines = [
-        f"### {icon} bastion-migrate: `{run.command}` on {_escape_cell(env)} — {run.result.value}",
         "",
-        "| | |",
-        "|---|---|",
-        f"| environment | {_escape_cell(env)} |",
-        f"| mode | {run.mode} |",
-        f"| command | `{run.command}` |",
+        f"**Migrations:** {len(applied_now)} applied by this run, {pending} pending.",
+        "",
+        "| app | migration | state |",
+        "|---|---|---|",
     ]
+    marks = {State.APPLIED: "✓ applied", State.PENDING: "… pending", State.PARTIAL: "◐ partly applied (squashed)"}
+    for app, migrations in run.migrations.items():
+        if not migrations:
+            lines.append(f"| {_escape_cell(app)} | (no migrations) | |")
+        for migration in migrations:
+            state = marks[migration.state]
+            if migration.key in applied_now:
+                state = "✅ applied by this run"
+            lines.append(f"| {_escape_cell(app)} | `{_escape_cell(migration.name)}` | {state} |")
+    return lines
+
+
+def _facts(run: RunResult) -> list[str]:
+    env = run.environment or "(no environment)"
+    rows = [("environment", _escape_cell(env)), ("mode", run.mode), ("command", f"`{run.command}`")]
     if run.server:
         server = run.server
-        applied = "no django_migrations table" if server.applied_migrations is None else str(server.applied_migrations)
+        before = "no django_migrations table" if server.applied_migrations is None else str(server.applied_migrations)
         described = (
             f"PostgreSQL {server.version}, database `{_escape_cell(server.database)}` as "
             f"`{_escape_cell(server.user)}`, SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
         )
-        lines += [f"| server | {described} |", f"| recorded migrations before | {applied} |"]
+        rows += [("server", described), ("recorded migrations at probe", before)]
     if run.tunnel_port is not None:
-        lines.append(f"| tunnel | 127.0.0.1:{run.tunnel_port} |")
+        rows.append(("tunnel", f"127.0.0.1:{run.tunnel_port}"))
     if run.image:
-        lines.append(f"| image | `{run.image}` |")
-        lines.append(f"| image digest | `{run.image_digest or 'unknown'}` |")
+        rows += [("image", f"`{run.image}`"), ("image digest", f"`{run.image_digest or 'unknown'}`")]
+    if run.lock_wait is not None:
+        rows.append(("migration lock", f"held after {run.lock_wait:.2f} s"))
     if run.exit_code is not None:
-        lines.append(f"| command exit code | {run.exit_code} |")
-    lines.append(f"| duration | {run.duration:.2f} s |")
-    if run.timings:
-        lines += ["", "| stage | seconds |", "|---|---:|"]
-        lines += [f"| {stage} | {seconds:.3f} |" for stage, seconds in run.timings.items()]
-    if run.error:
+        rows.append(("command exit code", str(run.exit_code)))
+    if run.failed_migration:
+        rows.append(("failed on", f"`{run.failed_migration}`"))
+    rows.append(("duration", f"{run.duration:.2f} s"))
+    return ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
+
+
+def _outcome(run: RunResult) -> list[str]:
+    lines = []
+    if run.error and run.result is Result.PENDING:
+        lines += ["", f"**Pending:** {_escape_cell(run.error.message)}", "", f"Hint: {run.error.hint}"]
+    elif run.error:
         lines += ["", f"**Failed in the `{run.error.stage.value}` stage:** {_escape_cell(run.error.message)}"]
         if run.error.hint:
             lines += ["", f"Hint: {run.error.hint}"]
     elif run.cancelled:
         lines += ["", "**Cancelled** before the run ended; every resource was released."]
-    if run.output_tail and run.result is not Result.SUCCESS:
-        lines += ["", f"<details><summary>Last {len(run.output_tail)} lines of output</summary>", "", "```"]
-        lines += [line.replace("```", "'''") for line in run.output_tail]
-        lines += ["```", "</details>"]
+    if run.output_tail and run.result is Result.FAILURE:
+        fence = "```"
+        lines += ["", f"<details><summary>Last {len(run.output_tail)} lines of output</summary>", "", fence]
+        lines += [line.replace(fence, "'''") for line in run.output_tail]
+        lines += [fence, "</details>"]
+    return lines
+
+
+def summary(run: RunResult) -> str:
+    """The step summary: what ran where, how it ended, the migrations, how long each stage took."""
+    icon = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}[run.result]
+    env = run.environment or "(no environment)"
+    lines = [f"### {icon} bastion-migrate: `{run.command}` on {_escape_cell(env)} — {run.result.value}", ""]
+    lines += _facts(run)
+    lines += _migrations_table(run)
+    if run.timings:
+        lines += ["", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {stage} | {seconds:.3f} |" for stage, seconds in run.timings.items()]
+    lines += _outcome(run)
     return "\n".join(lines) + "\n"

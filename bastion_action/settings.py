@@ -31,7 +31,14 @@ class Mode(enum.StrEnum):
 class Command(enum.StrEnum):
     PROBE = "probe"
     SHOWMIGRATIONS = "showmigrations"
+    PLAN = "plan"
+    CHECK = "check"
     MIGRATE = "migrate"
+    CUSTOM = "custom"
+
+    @property
+    def django(self) -> bool:
+        return self not in {Command.PROBE, Command.CUSTOM}
 
 
 class PullPolicy(enum.StrEnum):
@@ -60,8 +67,12 @@ class InputSpec:
 INPUTS: tuple[InputSpec, ...] = (
     InputSpec("environment", "Environment name (dev, uat, prod, ...), shown in the summary."),
     InputSpec("mode", "Where the command runs: lightweight (on the runner) or docker.", "docker"),
-    InputSpec("command", "probe | showmigrations | migrate.", "showmigrations"),
-    InputSpec("args", "Extra arguments for the command, split with shell-words rules."),
+    InputSpec(
+        "command",
+        "showmigrations | plan | check | migrate | probe | custom (custom: the command line is in args).",
+        "showmigrations",
+    ),
+    InputSpec("args", "Extra arguments for the command (custom: the whole command line), split as shell words."),
     InputSpec("ssh-host", "Bastion host name or address."),
     InputSpec("ssh-port", "Bastion SSH port.", "22"),
     InputSpec("ssh-user", "User on the bastion."),
@@ -93,6 +104,8 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("python", "Interpreter for manage.py in lightweight mode: a name on PATH or an absolute path.", "python"),
     InputSpec("fake-initial", "Pass --fake-initial to migrate (true/false).", "true"),
     InputSpec("timeout", "Seconds allowed for the whole run.", "1800"),
+    InputSpec("lock", "Take the database's migration lock: auto (migrate and custom), true or false.", "auto"),
+    InputSpec("lock-timeout", "Seconds to wait for the migration lock.", "300"),
     InputSpec("image", "Docker mode: image reference; may carry its own :tag or @sha256: digest."),
     InputSpec("image-tag", "Docker mode: tag appended to image when it has none.", "latest"),
     InputSpec("registry", "Docker mode: registry to log in to; default the image reference's host."),
@@ -221,11 +234,9 @@ class Settings:
     app: AppSettings
     image: ImageSettings | None
     timeout: float
+    lock: bool
+    lock_timeout: float
     secrets: tuple[str, ...]
-
-    @property
-    def mutating(self) -> bool:
-        return self.command is Command.MIGRATE
 
 
 def secret_forms(value: str) -> list[str]:
@@ -282,11 +293,12 @@ class _Reader:
 
     def boolean(self, name: str) -> bool:
         value = self.text(name).lower()
+        expected = "auto, true or false" if INPUTS_BY_NAME[name].default == "auto" else "true or false"
         if value in {"true", "yes", "1", "on"}:
             return True
         if value in {"false", "no", "0", "off"}:
             return False
-        raise input_error(name, "true or false", value)
+        raise input_error(name, expected, value)
 
     def choice(self, name: str, enum_type: type[_E]) -> _E:
         value = self.text(name).lower()
@@ -420,6 +432,13 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         args = tuple(shlex.split(read.text("args")))
     except ValueError as exc:
         raise input_error("args", f"shell-words ({exc})") from None
+    if command is Command.CUSTOM and not args:
+        raise SettingsError(
+            "args: required with command: custom, expected the command line to run, got nothing",
+            hint="For example: command: custom, args: alembic upgrade head",
+        )
+    lock_text = read.text("lock").lower()
+    lock = command in {Command.MIGRATE, Command.CUSTOM} if lock_text == "auto" else read.boolean("lock")
     ssh = _ssh_settings(read)
     db = _db_settings(read)
     app = _app_settings(read, environ)
@@ -441,6 +460,8 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         app=app,
         image=image,
         timeout=read.seconds("timeout"),
+        lock=lock,
+        lock_timeout=read.seconds("lock-timeout"),
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
     )
 

@@ -53,7 +53,7 @@ def test_defaults_follow_the_contract() -> None:
     assert parsed.app.fake_initial is True
     assert parsed.app.working_directory == Path("/ws")
     assert parsed.app.python == "python"
-    assert parsed.mutating
+    assert parsed.lock
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,175 @@
+"""Pure: Django's migration command output -> structured state; database snapshots -> diffs.
+
+The formats, as printed by Django 3.2 to 5.x:
+
+``showmigrations`` (list)::
+
+    catalog
+     [X] 0001_initial
+     [X] 0002_product_sku (applied at 2026-11-24 01:02:03)   <- verbosity 2
+     [-] 0001_squashed_0002_product_sku (1 squashed migrations)  <- squash, partly applied
+    nomig
+     (no migrations)
+
+``showmigrations --plan``::
+
+    [X]  catalog.0001_initial
+    [ ]  orders.0001_initial ... (catalog.0002_product_sku)   <- verbosity 2: dependencies
+
+``migrate --plan``::
+
+    Planned operations:
+    catalog.0001_initial
+        Create model Product
+      No planned migration operations.                          <- nothing to do
+
+``migrate``::
+
+      Applying catalog.0001_initial... OK
+      Applying orders.0001_initial... OK (0.012s)               <- verbosity 2
+      Applying audit.0002_test_hooks...Traceback (most recent call last):
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+
+class State(enum.StrEnum):
+    APPLIED = "applied"
+    PENDING = "pending"
+    PARTIAL = "partial"  # a squashed migration whose replaced migrations are only partly applied
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    app: str
+    name: str
+    state: State
+
+    @property
+    def key(self) -> str:
+        return f"{self.app}.{self.name}"
+
+
+# Django's list format indents with one space; the app label line is not indented.
+_LIST_ENTRY = re.compile(r"^ \[(?P<mark>[X \-])\] (?P<name>\S+)(?: \(.*\))?$")
+_NO_MIGRATIONS = re.compile(r"^ \(no migrations\)$")
+_APP_LABEL = re.compile(r"^(?P<app>[^\s\[(][^\s]*)$")
+_PLAN_ENTRY = re.compile(r"^\[(?P<mark>[X \-])\]  (?P<app>[^.\s]+)\.(?P<name>\S+)(?: \.\.\. \(.*\))?(?: \(.*\))?$")
+_MIGRATE_PLAN_ENTRY = re.compile(r"^(?P<app>[^.\s]+)\.(?P<name>\S+)$")
+_APPLYING = re.compile(r"^  (?:Applying|Unapplying) (?P<app>[^.\s]+)\.(?P<name>\S+?)\.\.\.(?P<rest>.*)$")
+_MARKS = {"X": State.APPLIED, " ": State.PENDING, "-": State.PARTIAL}
+
+
+def parse_showmigrations(text: str) -> dict[str, list[Migration]]:
+    """``showmigrations`` list format -> per app, the migrations in shown order (apps with none included)."""
+    apps: dict[str, list[Migration]] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        entry = _LIST_ENTRY.match(line)
+        if entry and current is not None:
+            apps[current].append(Migration(current, entry["name"], _MARKS[entry["mark"]]))
+            continue
+        if _NO_MIGRATIONS.match(line) and current is not None:
+            continue
+        label = _APP_LABEL.match(line)
+        if label:
+            current = label["app"]
+            apps.setdefault(current, [])
+        else:
+            current = None  # anything else (warnings, tracebacks) ends the app's block
+    return apps
+
+
+def parse_showmigrations_plan(text: str) -> list[Migration]:
+    """``showmigrations --plan`` -> every migration in plan order with its state."""
+    plan = []
+    for line in text.splitlines():
+        entry = _PLAN_ENTRY.match(line)
+        if entry:
+            plan.append(Migration(entry["app"], entry["name"], _MARKS[entry["mark"]]))
+    return plan
+
+
+def parse_migrate_plan(text: str) -> list[Migration]:
+    """``migrate --plan`` -> the planned migrations, in apply order (all pending)."""
+    lines = text.splitlines()
+    try:
+        start = next(index for index, line in enumerate(lines) if line.strip() == "Planned operations:")
+    except StopIteration:
+        return []
+    planned = []
+    for line in lines[start + 1 :]:
+        if not line.strip() or line.startswith(" "):
+            continue  # operations are indented under their migration
+        entry = _MIGRATE_PLAN_ENTRY.match(line)
+        if not entry:
+            break
+        planned.append(Migration(entry["app"], entry["name"], State.PENDING))
+    return planned
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrateOutput:
+    applied: list[str]  # "app.name", in order, as printed OK or FAKED
+    failed: str | None  # the migration being applied when the command failed
+
+
+def parse_migrate(text: str) -> MigrateOutput:
+    """``migrate`` output -> what it applied, and the migration it failed on, if any."""
+    applied: list[str] = []
+    failed = None
+    for line in text.splitlines():
+        entry = _APPLYING.match(line)
+        if not entry or line.lstrip().startswith("Unapplying"):
+            continue
+        key = f"{entry['app']}.{entry['name']}"
+        rest = entry["rest"].strip()
+        if rest.startswith(("OK", "FAKED")):
+            applied.append(key)
+            failed = None
+        else:
+            failed = key
+    return MigrateOutput(applied=applied, failed=failed)
+
+
+def pending(migrations: Iterable[Migration]) -> list[str]:
+    return [migration.key for migration in migrations if migration.state is not State.APPLIED]
+
+
+def group_by_app(migrations: Iterable[Migration]) -> dict[str, list[Migration]]:
+    apps: dict[str, list[Migration]] = {}
+    for migration in migrations:
+        apps.setdefault(migration.app, []).append(migration)
+    return apps
+
+
+def applied_since(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]]) -> list[str]:
+    """Rows of django_migrations (app, name) present after and not before, in the order they were recorded."""
+    seen = set(before)
+    return [f"{app}.{name}" for app, name in after if (app, name) not in seen]
+
+
+def state_from_database(rows: Sequence[tuple[str, str]], planned: Iterable[Migration]) -> dict[str, list[Migration]]:
+    """Per-app state when Django printed only a plan: applied rows from the database, then the planned ones."""
+    apps: dict[str, list[Migration]] = {}
+    for app, name in rows:
+        apps.setdefault(app, []).append(Migration(app, name, State.APPLIED))
+    for migration in planned:
+        apps.setdefault(migration.app, []).append(migration)
+    return apps
+
+
+def as_json(apps: Mapping[str, Sequence[Migration]]) -> dict[str, list[dict[str, object]]]:
+    """The ``migrations`` output: per app, each migration with ``applied`` true/false (and its exact state)."""
+    return {
+        app: [
+            {"name": migration.name, "applied": migration.state is State.APPLIED, "state": migration.state.value}
+            for migration in migrations
+        ]
+        for app, migrations in apps.items()
+    }
