@@ -164,6 +164,28 @@ def state_from_database(rows: Sequence[tuple[str, str]], planned: Iterable[Migra
     return apps
 
 
+def differences(runner: Mapping[str, Sequence[Migration]], image: Mapping[str, Sequence[Migration]]) -> list[str]:
+    """Each migration whose presence or state differs between two views, as readable lines."""
+    lines = []
+    for app in sorted(set(runner) | set(image)):
+        ours = {m.name: m.state for m in runner.get(app, [])}
+        theirs = {m.name: m.state for m in image.get(app, [])}
+        if app not in image:
+            lines.append(f"app {app} only on the runner")
+            continue
+        if app not in runner:
+            lines.append(f"app {app} only in the image")
+            continue
+        for name in [*ours, *(name for name in theirs if name not in ours)]:
+            if name not in theirs:
+                lines.append(f"{app}.{name} only on the runner")
+            elif name not in ours:
+                lines.append(f"{app}.{name} only in the image")
+            elif ours[name] != theirs[name]:
+                lines.append(f"{app}.{name}: {ours[name].value} on the runner, {theirs[name].value} in the image")
+    return lines
+
+
 def as_json(apps: Mapping[str, Sequence[Migration]]) -> dict[str, list[dict[str, object]]]:
     """The ``migrations`` output: per app, each migration with ``applied`` true/false (and its exact state)."""
     return {

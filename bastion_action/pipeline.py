@@ -154,7 +154,7 @@ class _Run:
         settings = self.settings
         with self.clock.stage_of(Stage.SETTINGS):
             credentials = tunnel.load_credentials(settings.ssh)
-            if settings.mode is Mode.LIGHTWEIGHT and settings.command is not Command.PROBE:
+            if settings.mode.on_runner and settings.command is not Command.PROBE:
                 local.check_working_directory(settings.app.working_directory)
                 if settings.command is not Command.CUSTOM:
                     self.python = local.resolve_python(settings.app.python, settings.app.working_directory)
@@ -220,13 +220,16 @@ class _Run:
         key1, key2 = database.lock_keys(settings.db.name)
         self.console.line(f"lock: pg_advisory_lock({key1}, {key2}) held after {waited:.2f} s")
 
-    def _work(self, opened: tunnel.Tunnel, argv: list[str], output: collections.deque[str]) -> Awaitable[int]:
+    def _work(
+        self, opened: tunnel.Tunnel, argv: list[str], output: collections.deque[str], *, in_image: bool
+    ) -> Awaitable[int]:
         settings = self.settings
-        if self.runner is not None and self.image is not None:
+        if in_image and self.runner is not None and self.image is not None:
             env = command_env(settings, opened.port, {})
             labels = {"environment": settings.environment, "command": settings.command.value}
             if settings.command is not Command.CUSTOM:
-                argv = [settings.app.python, *argv]
+                # In compare mode the `python` input names the runner's interpreter; the image has its own.
+                argv = [settings.app.python if settings.mode is Mode.DOCKER else "python", *argv]
             return self.runner.run(self.image, argv, env=env, labels=labels, on_line=self.console.line, tail=output)
         env = command_env(settings, opened.port, os.environ)
         if settings.command is not Command.CUSTOM:
@@ -235,13 +238,14 @@ class _Run:
         return local.run(argv, cwd=cwd, env=env, on_line=self.console.line, tail=output)
 
     async def execute(
-        self, opened: tunnel.Tunnel, argv: list[str], title: str, *, main: bool = True
+        self, opened: tunnel.Tunnel, argv: list[str], title: str, *, main: bool = True, in_image: bool | None = None
     ) -> tuple[int, list[str]]:
         """Run one command, watching the tunnel; its exit code and its whole output."""
         output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
+        in_image = self.settings.mode is Mode.DOCKER if in_image is None else in_image
         try:
             with self.console.group(title):
-                code = await _watch_command(self._work(opened, argv, output), opened)
+                code = await _watch_command(self._work(opened, argv, output, in_image=in_image), opened)
         finally:
             if main:  # the summary shows the tail of the user's command, not of follow-ups
                 self.run.output_tail = [self.console.redact(line) for line in list(output)[-TAIL_LINES:]]
@@ -254,6 +258,8 @@ class _Run:
         shown = " ".join(argv) if settings.command is Command.CUSTOM else f"{settings.app.python} {' '.join(argv)}"
         with self.clock.stage_of(Stage.COMMAND):
             run.exit_code, output = await self.execute(opened, argv, shown)
+            if settings.mode is Mode.COMPARE and run.exit_code == 0:
+                await self.compare(opened, argv, output)
         if settings.command.django:
             await self.results(opened, session, before, output)
         if run.exit_code != 0:
@@ -270,6 +276,25 @@ class _Run:
                 f"{len(run.pending)} migration(s) not applied: {shown_pending}",
                 hint="Run this action with command: migrate (after review) to apply them.",
                 exit_code=1,
+            )
+
+    async def compare(self, opened: tunnel.Tunnel, argv: list[str], on_runner: list[str]) -> None:
+        """The runner's view against the image's: the drift the lightweight recipe cannot see."""
+        shown = f"in the image: python {' '.join(argv)}"
+        code, in_image = await self.execute(opened, argv, shown, main=False, in_image=True)
+        if code != 0:
+            self.run.exit_code = code
+            return
+        runner_view = migrations.parse_showmigrations("\n".join(on_runner))
+        image_view = migrations.parse_showmigrations("\n".join(in_image))
+        self.run.drift = migrations.differences(runner_view, image_view)
+        if self.run.drift:
+            raise CommandError(
+                f"the runner and the image disagree on {len(self.run.drift)} migration(s): "
+                + "; ".join(self.run.drift[:10]),
+                hint="The runner's checkout and the image were not built from the same code: "
+                "rebuild the image, or check out the commit it was built from.",
+                anchor="drift",
             )
 
     async def results(
@@ -304,7 +329,7 @@ class _Run:
         credentials = self.prepare()
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            if settings.mode is Mode.DOCKER and settings.command is not Command.PROBE:
+            if settings.mode.in_image and settings.command is not Command.PROBE:
                 from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
 
                 self.runner = await stack.enter_async_context(docker.connect())

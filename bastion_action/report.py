@@ -66,6 +66,7 @@ class RunResult:
     pending: list[str] | None = None
     migrations: dict[str, list[Migration]] | None = None
     failed_migration: str | None = None
+    drift: list[str] | None = None  # compare mode: how the runner's and the image's views differ
 
     @property
     def process_exit_code(self) -> int:
@@ -181,6 +182,11 @@ def summary(run: RunResult) -> str:
     lines = [f"### {icon} bastion-migrate: `{run.command}` on {_escape_cell(env)} — {run.result.value}", ""]
     lines += _facts(run)
     lines += _migrations_table(run)
+    if run.drift:
+        lines += ["", "**The runner and the image differ:**", ""]
+        lines += [f"- `{_escape_cell(line)}`" for line in run.drift]
+    elif run.drift is not None:
+        lines += ["", "Runner and image agree on every migration."]
     if run.timings:
         lines += ["", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {stage} | {seconds:.3f} |" for stage, seconds in run.timings.items()]

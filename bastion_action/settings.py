@@ -26,6 +26,15 @@ _E = TypeVar("_E", bound=enum.StrEnum)
 class Mode(enum.StrEnum):
     LIGHTWEIGHT = "lightweight"
     DOCKER = "docker"
+    COMPARE = "compare"  # showmigrations on the runner and in the image; fails when they differ
+
+    @property
+    def on_runner(self) -> bool:
+        return self in {Mode.LIGHTWEIGHT, Mode.COMPARE}
+
+    @property
+    def in_image(self) -> bool:
+        return self in {Mode.DOCKER, Mode.COMPARE}
 
 
 class Command(enum.StrEnum):
@@ -66,7 +75,12 @@ class InputSpec:
 
 INPUTS: tuple[InputSpec, ...] = (
     InputSpec("environment", "Environment name (dev, uat, prod, ...), shown in the summary."),
-    InputSpec("mode", "Where the command runs: lightweight (on the runner) or docker.", "docker"),
+    InputSpec(
+        "mode",
+        "Where the command runs: docker (in the image), lightweight (on the runner), "
+        "or compare (showmigrations in both; fails when they differ).",
+        "docker",
+    ),
     InputSpec(
         "command",
         "showmigrations | plan | check | migrate | probe | custom (custom: the command line is in args).",
@@ -443,7 +457,9 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     db = _db_settings(read)
     app = _app_settings(read, environ)
     pull = read.choice("pull", PullPolicy)  # validated in every mode: a typo must not wait for docker mode
-    image = _image_settings(read, pull) if mode is Mode.DOCKER else None
+    image = _image_settings(read, pull) if mode.in_image else None
+    if mode is Mode.COMPARE and command is not Command.SHOWMIGRATIONS:
+        raise input_error("command", "showmigrations with mode: compare", command.value)
     secret_values = [ssh.password, ssh.private_key, ssh.passphrase, db.password, app.secret_key]
     if image:
         secret_values.append(image.password)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,3 +199,34 @@ def test_job_container_shares_its_network_with_the_migration(docker_inputs, tmp_
     assert re.search(r"network container:[0-9a-f]{64}", run.stdout), run.explain()
     assert "[ ] 0001_initial" in run.stdout
     assert not run.leaks(secrets)
+
+
+def test_compare_mode_agrees_when_built_from_the_same_code(action, docker_inputs, lab) -> None:
+    inputs = {
+        **docker_inputs,
+        "mode": "compare",
+        "python": lab["runner_python"],
+        "working-directory": lab["sample_project"],
+    }
+    run = action({**inputs, "command": "showmigrations"})
+    assert run.returncode == 0, run.explain()
+    assert "Runner and image agree on every migration." in run.summary
+
+
+def test_compare_mode_shows_the_drift(action, docker_inputs, lab, tmp_path) -> None:
+    checkout = tmp_path / "checkout"
+    shutil.copytree(lab["sample_project"], checkout, ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "catalog/migrations/0003_newer_than_the_image.py").write_text(
+        "from django.db import migrations\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        "    dependencies = [('catalog', '0002_product_sku')]\n"
+        "    operations = []\n"
+    )
+    inputs = {**docker_inputs, "mode": "compare", "python": lab["runner_python"], "working-directory": str(checkout)}
+    run = action({**inputs, "command": "showmigrations"})
+    assert_failed_in(run, "command")
+    assert "catalog.0003_newer_than_the_image only on the runner" in run.annotations[0]
+    assert "The runner and the image differ" in run.summary
+    wrong = action({**inputs, "command": "migrate"})
+    assert_failed_in(wrong, "settings")
+    assert "command: expected showmigrations with mode: compare" in wrong.annotations[0]
