@@ -85,7 +85,9 @@ def test_host_verification_is_required_unless_skipped_explicitly() -> None:
         pytest.param("ssh-port", "0", "ssh-port: expected a port number 1-65535, got '0'", id="port-zero"),
         pytest.param("db-port", "65536", "db-port: expected a port number 1-65535, got '65536'", id="port-high"),
         pytest.param("local-port", "-1", "local-port: expected a port number 0-65535, got '-1'", id="local-neg"),
-        pytest.param("mode", "kubernetes", "mode: expected one of lightweight | docker, got 'kubernetes'", id="mode"),
+        pytest.param(
+            "mode", "kubernetes", "mode: expected one of lightweight | docker | compare, got 'kubernetes'", id="mode"
+        ),
         pytest.param("pull", "sometimes", "pull: expected one of always | missing | never", id="pull"),
         pytest.param("command", "makemigrations", "command: expected one of probe", id="command"),
         pytest.param("timeout", "0", "timeout: expected a number of seconds greater than 0, got '0'", id="t-zero"),
