@@ -116,3 +116,45 @@ def test_groups_are_written_without_a_stray_space() -> None:
     with gh.group("manage.py 100%"):
         gh.line("inside")
     assert out.getvalue() == "::group::manage.py 100%25\ninside\n::endgroup::\n"
+
+
+def test_structured_outputs_and_the_per_app_table() -> None:
+    from bastion_action.migrations import Migration, State  # noqa: PLC0415
+
+    run = RunResult("dev", "lightweight", "migrate", result=Result.SUCCESS, lock_wait=0.25)
+    run.applied = ["catalog.0002_sku"]
+    run.pending = ["orders.0001_initial"]
+    run.migrations = {
+        "catalog": [
+            Migration("catalog", "0001_initial", State.APPLIED),
+            Migration("catalog", "0002_sku", State.APPLIED),
+        ],
+        "orders": [Migration("orders", "0001_initial", State.PENDING)],
+        "nomig": [],
+    }
+    values = report.outputs(run)
+    assert values["applied"] == '["catalog.0002_sku"]'
+    assert values["applied-count"] == "1"
+    assert values["pending"] == '["orders.0001_initial"]'
+    assert values["pending-count"] == "1"
+    assert values["lock-wait-seconds"] == "0.250"
+    assert values["migrations"].startswith('{"catalog":[{"name":"0001_initial","applied":true')
+    text = report.summary(run)
+    assert "| catalog | `0002_sku` | ✅ applied by this run |" in text
+    assert "| catalog | `0001_initial` | ✓ applied |" in text
+    assert "| orders | `0001_initial` | … pending |" in text
+    assert "| nomig | (no migrations) | |" in text
+    assert "1 applied by this run, 1 pending" in text
+
+
+def test_pending_result_of_check() -> None:
+    from bastion_action.errors import PendingMigrationsError  # noqa: PLC0415
+
+    run = RunResult("prod", "docker", "check", result=Result.PENDING, exit_code=1, pending=["a.0001"])
+    run.error = PendingMigrationsError("1 migration(s) not applied: a.0001", hint="migrate", exit_code=1)
+    assert report.outputs(run)["result"] == "pending"
+    assert run.process_exit_code == 1
+    text = report.summary(run)
+    assert "⏳" in text
+    assert "**Pending:** 1 migration(s) not applied: a.0001" in text
+    assert "Failed in" not in text
