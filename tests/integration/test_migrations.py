@@ -196,3 +196,18 @@ def test_application_name_is_visible_to_operators(base_inputs, lab, tmp_path) ->
     assert run.returncode == 0, run.explain()
     assert "bastion-migrate" in names
     assert Path(tmp_path / "run" / "summary").read_text()
+
+
+def test_without_the_lock_concurrent_migrations_collide(base_inputs, lab, fresh_db, tmp_path) -> None:
+    """The control experiment: with `lock: false`, Django alone does not stop two runs."""
+    inputs = {**base_inputs, "command": "migrate", "lock": "false", "extra-env": "SAMPLE_MIGRATION_SLEEP=2"}
+    started = time.monotonic()
+    processes = [start_action(inputs, tmp_path / f"run{n}") for n in range(2)]
+    runs = [finish_action(process, tmp_path / f"run{n}", started) for n, process in enumerate(processes)]
+    rows = recorded(lab, fresh_db)
+    failed = [run for run in runs if run.returncode != 0]
+    recorded_twice = len(rows) != len(set(rows))
+    assert failed or recorded_twice, "two unlocked runs should fail or apply a migration twice"
+    assert all("lock-wait-seconds" not in run.outputs for run in runs)
+    for run in failed:
+        assert run.outputs["result"] == "failure"
