@@ -100,6 +100,11 @@ INPUTS: tuple[InputSpec, ...] = (
         "Skip host key verification (true/false). Exposes the credentials to a man in the middle.",
         "false",
     ),
+    InputSpec(
+        "ssh-jump-hosts",
+        "Hops before the bastion, in order: [user@]host[:port], separated by commas or newlines. "
+        "Each hop's host key is checked against ssh-known-hosts / ssh-host-fingerprint; hops use the same credentials.",
+    ),
     InputSpec("ssh-keepalive-interval", "Seconds between SSH keepalives; a dead link fails after 3 missed.", "15"),
     InputSpec("connect-timeout", "Seconds allowed for the SSH connection and for each database connect.", "20"),
     InputSpec("db-host", "Database host as seen from the bastion."),
@@ -132,6 +137,33 @@ INPUTS_BY_NAME: Mapping[str, InputSpec] = {spec.name: spec for spec in INPUTS}
 
 
 @dataclasses.dataclass(frozen=True)
+class JumpHost:
+    user: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+_HOP = re.compile(r"(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@:\s\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
+def parse_jump_hosts(text: str, default_user: str) -> tuple[JumpHost, ...]:
+    hops = []
+    for item in re.split(r"[,\n]", text):
+        hop = item.strip()
+        if not hop:
+            continue
+        match = _HOP.fullmatch(hop)
+        port = int(match["port"]) if match and match["port"] else 22
+        if not match or not 1 <= port <= 65535:  # noqa: PLR2004
+            raise input_error("ssh-jump-hosts", "[user@]host[:port] entries separated by commas or newlines", hop)
+        hops.append(JumpHost(user=match["user"] or default_user, host=match["host"].strip("[]"), port=port))
+    return tuple(hops)
+
+
+@dataclasses.dataclass(frozen=True)
 class SSHSettings:
     host: str
     port: int
@@ -142,6 +174,7 @@ class SSHSettings:
     known_hosts: str | None
     host_fingerprint: str | None
     insecure_skip_host_key_check: bool
+    jump_hosts: tuple[JumpHost, ...]
     keepalive_interval: float
     connect_timeout: float
 
@@ -369,16 +402,18 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
             "ssh-known-hosts or ssh-host-fingerprint: one is required to verify the bastion, got neither",
             hint="Run `ssh-keyscan -p PORT HOST` from a trusted network and store its output in ssh-known-hosts.",
         )
+    user = read.required("ssh-user", "the user on the bastion")
     return SSHSettings(
         host=read.required("ssh-host", "the bastion's host name or address"),
         port=read.port("ssh-port"),
-        user=read.required("ssh-user", "the user on the bastion"),
+        user=user,
         password=password,
         private_key=private_key,
         passphrase=read.optional("ssh-passphrase"),
         known_hosts=known_hosts,
         host_fingerprint=fingerprint,
         insecure_skip_host_key_check=insecure,
+        jump_hosts=parse_jump_hosts(read.text("ssh-jump-hosts"), user),
         keepalive_interval=read.seconds("ssh-keepalive-interval"),
         connect_timeout=read.seconds("connect-timeout"),
     )
