@@ -7,7 +7,7 @@ The formats, as printed by Django 3.2 to 5.x:
     catalog
      [X] 0001_initial
      [X] 0002_product_sku (applied at 2026-11-24 01:02:03)   <- verbosity 2
-     [-] 0001_squashed_0002_product_sku (1 squashed migrations)  <- squash, partly applied
+     [-] 0001_squashed_0002_product_sku (2 squashed migrations) Run 'manage.py migrate' to finish recording.
     nomig
      (no migrations)
 
@@ -41,7 +41,9 @@ from collections.abc import Iterable, Mapping, Sequence
 class State(enum.StrEnum):
     APPLIED = "applied"
     PENDING = "pending"
-    PARTIAL = "partial"  # a squashed migration whose replaced migrations are only partly applied
+    # A squash whose replaced migrations are all applied but which is not recorded itself yet:
+    # Django 4.2+ marks it [-] ("Run 'manage.py migrate' to finish recording"); counted as pending.
+    PARTIAL = "partial"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Migration:
 
 
 # Django's list format indents with one space; the app label line is not indented.
-_LIST_ENTRY = re.compile(r"^ \[(?P<mark>[X \-])\] (?P<name>\S+)(?: \(.*\))?$")
+# After the name: " (applied at ...)", " (2 squashed migrations) Run 'manage.py migrate' to finish recording."
+_LIST_ENTRY = re.compile(r"^ \[(?P<mark>[X \-])\] (?P<name>\S+)(?: .*)?$")
 _NO_MIGRATIONS = re.compile(r"^ \(no migrations\)$")
 _APP_LABEL = re.compile(r"^(?P<app>[^\s\[(][^\s]*)$")
 _PLAN_ENTRY = re.compile(r"^\[(?P<mark>[X \-])\]  (?P<app>[^.\s]+)\.(?P<name>\S+)(?: \.\.\. \(.*\))?(?: \(.*\))?$")
