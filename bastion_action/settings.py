@@ -94,7 +94,11 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("ssh-private-key", "Private key text (OpenSSH or PEM) for the bastion user.", secret=True),
     InputSpec("ssh-passphrase", "Passphrase of ssh-private-key.", secret=True),
     InputSpec("ssh-known-hosts", "known_hosts text for the bastion, as ssh-keyscan prints it."),
-    InputSpec("ssh-host-fingerprint", "Bastion host key fingerprint, SHA256:<base64> as ssh-keygen -lf prints it."),
+    InputSpec(
+        "ssh-host-fingerprint",
+        "Host key fingerprint(s) of the bastion (and jump hosts), SHA256:<base64> as ssh-keygen -lf prints it; "
+        "several separated by commas, spaces or newlines.",
+    ),
     InputSpec(
         "ssh-insecure-skip-host-key-check",
         "Skip host key verification (true/false). Exposes the credentials to a man in the middle.",
@@ -172,7 +176,7 @@ class SSHSettings:
     private_key: str | None
     passphrase: str | None
     known_hosts: str | None
-    host_fingerprint: str | None
+    host_fingerprints: tuple[str, ...]
     insecure_skip_host_key_check: bool
     jump_hosts: tuple[JumpHost, ...]
     keepalive_interval: float
@@ -390,14 +394,17 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
             "ssh-password or ssh-private-key: one is required, got neither",
             hint="Give the bastion user's password or private key (as text).",
         )
-    fingerprint = read.optional("ssh-host-fingerprint")
-    if fingerprint and not _FINGERPRINT.fullmatch(fingerprint):
-        raise input_error(
-            "ssh-host-fingerprint", "SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints it", fingerprint
-        )
+    fingerprints = tuple(
+        re.split(r"[\s,]+", read.text("ssh-host-fingerprint").strip()) if read.text("ssh-host-fingerprint") else ()
+    )
+    for fingerprint in fingerprints:
+        if not _FINGERPRINT.fullmatch(fingerprint):
+            raise input_error(
+                "ssh-host-fingerprint", "SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints it", fingerprint
+            )
     known_hosts = read.optional("ssh-known-hosts")
     insecure = read.boolean("ssh-insecure-skip-host-key-check")
-    if not (known_hosts or fingerprint or insecure):
+    if not (known_hosts or fingerprints or insecure):
         raise SettingsError(
             "ssh-known-hosts or ssh-host-fingerprint: one is required to verify the bastion, got neither",
             hint="Run `ssh-keyscan -p PORT HOST` from a trusted network and store its output in ssh-known-hosts.",
@@ -411,7 +418,7 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
         private_key=private_key,
         passphrase=read.optional("ssh-passphrase"),
         known_hosts=known_hosts,
-        host_fingerprint=fingerprint,
+        host_fingerprints=fingerprints,
         insecure_skip_host_key_check=insecure,
         jump_hosts=parse_jump_hosts(read.text("ssh-jump-hosts"), user),
         keepalive_interval=read.seconds("ssh-keepalive-interval"),

@@ -59,13 +59,13 @@ def load_credentials(ssh: SSHSettings) -> Credentials:
 class _Client(asyncssh.SSHClient):
     """Accepts a host key by fingerprint, and remembers what the bastion presented."""
 
-    def __init__(self, fingerprint: str | None) -> None:
-        self.fingerprint = fingerprint
+    def __init__(self, fingerprints: tuple[str, ...]) -> None:
+        self.fingerprints = fingerprints
         self.presented: str | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:  # noqa: ARG002
         self.presented = key.get_fingerprint("sha256")
-        return self.fingerprint is not None and self.presented == self.fingerprint
+        return self.presented in self.fingerprints
 
 
 @dataclasses.dataclass
@@ -124,7 +124,7 @@ async def open_tunnel(
     ssh: SSHSettings, credentials: Credentials, db_host: str, db_port: int, local_port: int = 0
 ) -> AsyncIterator[Tunnel]:
     """Connect to the bastion and forward ``127.0.0.1:<port>`` to ``db_host:db_port``."""
-    client = _Client(ssh.host_fingerprint)
+    client = _Client(ssh.host_fingerprints)
     try:
         async with asyncio.timeout(ssh.connect_timeout):
             connection = await asyncssh.connect(
