@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 
-from bastion_action import pipeline, report, settings
+from bastion_action import pipeline, report, settings, sources
 from bastion_action.errors import SettingsError
 from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult
@@ -39,8 +39,9 @@ def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str
     return raw
 
 
-def _secret_inputs(raw: Mapping[str, str]) -> list[str]:
+def _secret_inputs(raw: Mapping[str, str], environ: Mapping[str, str]) -> list[str]:
     values = [raw[spec.name] for spec in settings.INPUTS if spec.secret and raw.get(spec.name, "").strip()]
+    values += sources.early_masks(raw, environ)
     return [form for value in values for form in settings.secret_forms(value)]
 
 
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     console = Console(environ)
     raw = raw_inputs(sys.argv[1:] if argv is None else argv, environ)
-    console.mask(_secret_inputs(raw))
+    console.mask(_secret_inputs(raw, environ))
     try:
         parsed = settings.parse(raw, environ)
     except SettingsError as exc:
@@ -92,7 +93,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _finish(console, run)
     console.mask(parsed.secrets)
     run, signum = asyncio.run(_execute(parsed, console))
-    code = _finish(console, run)
     if signum is not None and run.result is not Result.SUCCESS:
-        return EXIT_SIGNAL_BASE + signum
-    return code
+        run.exit_code = EXIT_SIGNAL_BASE + signum  # the exit-code output and the status agree
+    return _finish(console, run)

@@ -164,6 +164,11 @@ class _Run:
                 "the middle could read the SSH and database credentials. Set ssh-known-hosts or "
                 "ssh-host-fingerprint."
             )
+        elif settings.ssh.insecure_skip_ignored:
+            self.console.warning(
+                "ssh-insecure-skip-host-key-check is true but ssh-known-hosts / ssh-host-fingerprint are given: "
+                "the host key is verified against them. Remove the skip flag."
+            )
         return credentials
 
     async def connect(

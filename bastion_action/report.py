@@ -165,6 +165,7 @@ def _outcome(run: RunResult) -> list[str]:
         lines += ["", f"**Failed in the `{run.error.stage.value}` stage:** {_escape_cell(run.error.message)}"]
         if run.error.hint:
             lines += ["", f"Hint: {run.error.hint}"]
+        lines += ["", f"More: bastion-migrate's `{run.error.docs}`."]
     elif run.cancelled:
         lines += ["", "**Cancelled** before the run ended; every resource was released."]
     if run.output_tail and run.result is Result.FAILURE:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote, quote_plus, urlencode
 
+from bastion_action import sources
 from bastion_action.errors import SettingsError, input_error
 
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -74,7 +75,10 @@ class InputSpec:
 
 
 INPUTS: tuple[InputSpec, ...] = (
-    InputSpec("environment", "Environment name (dev, uat, prod, ...), shown in the summary."),
+    InputSpec(
+        "environment",
+        "Environment name (dev, uat, prod, ...): picks <ENV>_* secrets and the config file's section.",
+    ),
     InputSpec(
         "mode",
         "Where the command runs: docker (in the image), lightweight (on the runner), "
@@ -87,6 +91,13 @@ INPUTS: tuple[InputSpec, ...] = (
         "showmigrations",
     ),
     InputSpec("args", "Extra arguments for the command (custom: the whole command line), split as shell words."),
+    InputSpec(
+        "config-file", "YAML topology file (non-secret settings per environment).", ".github/bastion-migrate.yml"
+    ),
+    InputSpec(
+        "secrets", "All secrets as JSON (${{ toJSON(secrets) }}); <PREFIX>_* names are read from it.", secret=True
+    ),
+    InputSpec("secret-prefix", "Prefix of the secret names read from `secrets`; default: the environment, upper case."),
     InputSpec("ssh-host", "Bastion host name or address."),
     InputSpec("ssh-port", "Bastion SSH port.", "22"),
     InputSpec("ssh-user", "User on the bastion."),
@@ -177,7 +188,8 @@ class SSHSettings:
     passphrase: str | None
     known_hosts: str | None
     host_fingerprints: tuple[str, ...]
-    insecure_skip_host_key_check: bool
+    insecure_skip_host_key_check: bool  # only when nothing to verify with was given
+    insecure_skip_ignored: bool  # asked for, but pinned keys were given: they are verified
     jump_hosts: tuple[JumpHost, ...]
     keepalive_interval: float
     connect_timeout: float
@@ -298,14 +310,11 @@ def secret_forms(value: str) -> list[str]:
 
 
 class _Reader:
-    """Typed access to raw inputs; each parse error names its input."""
+    """Typed access to raw inputs; each parse error names its input (and the secret it was read from)."""
 
-    def __init__(self, raw: Mapping[str, str]) -> None:
-        unknown = sorted(set(raw) - set(INPUTS_BY_NAME))
-        if unknown:
-            msg = f"unknown input(s): {', '.join(unknown)}"
-            raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
+    def __init__(self, raw: Mapping[str, str], secret_names: Mapping[str, str] | None = None) -> None:
         self._raw = raw
+        self._secret_names = secret_names or {}
 
     def text(self, name: str) -> str:
         value = self._raw.get(name, "")
@@ -319,8 +328,10 @@ class _Reader:
     def required(self, name: str, what: str) -> str:
         value = self.text(name)
         if not value.strip():
+            secret = self._secret_names.get(name)
+            unset = f" (secret {secret} is not set)" if secret else ""
             raise SettingsError(
-                f"{name}: required, expected {what}, got nothing",
+                f"{name}: required, expected {what}, got nothing{unset}",
                 hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
             )
         return value
@@ -419,7 +430,8 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
         passphrase=read.optional("ssh-passphrase"),
         known_hosts=known_hosts,
         host_fingerprints=fingerprints,
-        insecure_skip_host_key_check=insecure,
+        insecure_skip_host_key_check=insecure and not (known_hosts or fingerprints),
+        insecure_skip_ignored=insecure and bool(known_hosts or fingerprints),
         jump_hosts=parse_jump_hosts(read.text("ssh-jump-hosts"), user),
         keepalive_interval=read.seconds("ssh-keepalive-interval"),
         connect_timeout=read.seconds("connect-timeout"),
@@ -481,7 +493,12 @@ def _image_settings(read: _Reader, pull: PullPolicy) -> ImageSettings:
 def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
     """Raw inputs -> one validated ``Settings``; raises ``SettingsError`` naming the input."""
     environ = os.environ if environ is None else environ
-    read = _Reader(raw)
+    unknown = sorted(set(raw) - set(INPUTS_BY_NAME))
+    if unknown:
+        msg = f"unknown input(s): {', '.join(unknown)}"
+        raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
+    layered = sources.layer(raw, environ)
+    read = _Reader(layered.values, layered.secret_names)
     mode = read.choice("mode", Mode)
     command = read.choice("command", Command)
     try:
@@ -499,12 +516,13 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     db = _db_settings(read)
     app = _app_settings(read, environ)
     pull = read.choice("pull", PullPolicy)  # validated in every mode: a typo must not wait for docker mode
-    image = _image_settings(read, pull) if mode.in_image else None
+    image = _image_settings(read, pull) if mode.in_image and command is not Command.PROBE else None
     if mode is Mode.COMPARE and command is not Command.SHOWMIGRATIONS:
         raise input_error("command", "showmigrations with mode: compare", command.value)
     secret_values = [ssh.password, ssh.private_key, ssh.passphrase, db.password, app.secret_key]
     if image:
         secret_values.append(image.password)
+    secret_values += layered.secret_values
     secrets = {form for value in secret_values if value for form in secret_forms(value)}
     # The DSN holds the password; mask its fixed part (without the port, unknown yet) too.
     secrets.add(db.url(0).rsplit("@", 1)[0])

@@ -173,7 +173,8 @@ class DockerRunner:
         except aiodocker.DockerError as exc:
             raise CommandError(f"cannot create the container: {exc.message}", hint="See the Docker message.") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise self._unreachable(exc) from exc
+            unreachable = self._unreachable(exc)
+            raise CommandError(unreachable.message, hint=unreachable.hint, anchor="docker-daemon") from exc
         try:
             await container.start()
             async for line in _lines(container.log(stdout=True, stderr=True, follow=True)):

@@ -80,7 +80,8 @@ async def run(
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             tail.append(line)
             on_line(line)
-        return await process.wait()
+        code = await process.wait()
+        return 128 - code if code < 0 else code  # killed by signal n: 128+n, as a shell reports it
     finally:
         if process.returncode is None:
             _kill_group(process, signal.SIGTERM)

@@ -1,0 +1,251 @@
+"""Where raw inputs come from, and which wins: explicit input > secrets by prefix > config file > default.
+
+- explicit inputs: ``INPUT_*`` (the composite action) or CLI flags;
+- secrets by prefix: the ``secrets`` input (``${{ toJSON(secrets) }}``), else environment
+  variables, read as ``<PREFIX>_HOST``, ``<PREFIX>_DB_PASSWORD``, ... and ``DO_ACCESS_TOKEN``;
+- the YAML topology file (``config-file``): ``defaults`` and ``environments.<name>``,
+  non-secret keys only;
+- the defaults of action.yml (applied later, by the settings reader).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bastion_action.errors import SettingsError
+
+DEFAULT_CONFIG_FILE = ".github/bastion-migrate.yml"
+
+# Secret name (after "<PREFIX>_") -> input it fills.
+PREFIXED_SECRETS: Mapping[str, str] = {
+    "HOST": "ssh-host",
+    "USER": "ssh-user",
+    "SSH_PORT": "ssh-port",
+    "SSH_PASSWORD": "ssh-password",
+    "SSH_PRIVATE_KEY": "ssh-private-key",
+    "SSH_PASSPHRASE": "ssh-passphrase",
+    "SSH_KNOWN_HOSTS": "ssh-known-hosts",
+    "SSH_JUMP_HOSTS": "ssh-jump-hosts",
+    "DB_HOST": "db-host",
+    "DB_PORT": "db-port",
+    "DB_USER": "db-user",
+    "DB_PASSWORD": "db-password",
+    "DB_NAME": "db-name",
+    "DJANGO_SETTINGS_MODULE": "django-settings-module",
+    "SECRET_KEY": "secret-key",
+}
+REGISTRY_TOKEN = "DO_ACCESS_TOKEN"  # noqa: S105 - a secret's name, not a secret. DigitalOcean's registry: the token is both username and password
+
+# Keys the topology file may set: everything that is not a secret nor a per-run choice.
+FILE_KEYS = frozenset(
+    {
+        "mode",
+        "command",
+        "args",
+        "ssh-host",
+        "ssh-port",
+        "ssh-user",
+        "ssh-known-hosts",
+        "ssh-host-fingerprint",
+        "ssh-jump-hosts",
+        "ssh-keepalive-interval",
+        "connect-timeout",
+        "db-host",
+        "db-port",
+        "db-name",
+        "db-user",
+        "db-sslmode",
+        "local-port",
+        "django-settings-module",
+        "extra-env",
+        "database-url-env",
+        "manage-py",
+        "working-directory",
+        "python",
+        "fake-initial",
+        "timeout",
+        "lock",
+        "lock-timeout",
+        "image",
+        "image-tag",
+        "registry",
+        "registry-username",
+        "pull",
+    }
+)
+_SECRET_LOOKING = re.compile(r"password|passphrase|private-key|secret|token", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layered:
+    """The merged raw inputs, and where the secrets-by-prefix layer looked for each input."""
+
+    values: dict[str, str]
+    secret_names: dict[str, str]  # input -> the secret that would have filled it, e.g. ssh-host -> UAT_HOST
+    secret_values: list[str]  # every value taken from secrets: all are masked
+
+
+def default_prefix(environment: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", environment).upper()
+
+
+def secrets_json(text: str) -> dict[str, str]:
+    """The ``secrets`` input: a JSON object of names to strings; its content is never echoed."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(
+            f"secrets: expected a JSON object, as ${{{{ toJSON(secrets) }}}} gives, got invalid JSON "
+            f"(line {exc.lineno}, column {exc.colno})",
+            hint="Pass `secrets: ${{ toJSON(secrets) }}`, or leave the input out.",
+        ) from None
+    if not isinstance(data, dict):
+        raise SettingsError(
+            f"secrets: expected a JSON object, as ${{{{ toJSON(secrets) }}}} gives, got a JSON {type(data).__name__}",
+            hint="Pass `secrets: ${{ toJSON(secrets) }}`, or leave the input out.",
+        )
+    return {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in data.items()}
+
+
+def _by_prefix(source: Mapping[str, str], prefix: str) -> tuple[dict[str, str], dict[str, str]]:
+    values, names = {}, {}
+    for suffix, name in PREFIXED_SECRETS.items():
+        secret = f"{prefix}_{suffix}" if prefix else ""
+        if secret:
+            names[name] = secret
+        if secret and source.get(secret, "").strip():
+            values[name] = source[secret]
+    token = source.get(REGISTRY_TOKEN, "")
+    if token.strip():
+        values["registry-username"] = token
+        values["registry-password"] = token
+    return values, names
+
+
+def _scalar(value: Any, where: str) -> str:  # YAML gives any type
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(item, str | int) for item in value):
+        return "\n".join(str(item) for item in value)
+    raise SettingsError(f"{where}: expected a text, number, boolean or list of texts, got a {type(value).__name__}")
+
+
+def _section(data: Any, path: str, where: str) -> dict[str, str]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{where}: {path}: expected a mapping of input names to values")
+    values = {}
+    for key, value in data.items():
+        name = str(key)
+        if _SECRET_LOOKING.search(name):
+            raise SettingsError(
+                f"{where}: {path}.{name}: secrets do not belong in the config file",
+                hint="Keep secrets in GitHub secrets and pass them as inputs or through `secrets`.",
+            )
+        if name not in FILE_KEYS:
+            raise SettingsError(
+                f"{where}: {path}.{name}: unknown key; expected one of: {', '.join(sorted(FILE_KEYS))}",
+                hint="Keys are the action's input names (kebab-case); a typo must not silently do nothing.",
+            )
+        values[name] = _scalar(value, f"{where}: {path}.{name}")
+    return values
+
+
+def _load_yaml(path: Path) -> Any:
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SettingsError(f"config-file: {where} is not valid YAML{at}", hint="Fix the YAML syntax.") from None
+    except OSError as exc:
+        raise SettingsError(f"config-file: cannot read {where}: {exc.strerror}") from None
+    return data
+
+
+def config_file(path: Path, environment: str, *, explicit: bool, placeholders: Mapping[str, str]) -> dict[str, str]:
+    """The topology file's values for ``environment``: its defaults, then its environment section."""
+    where = str(path)
+    if not path.is_file():
+        if explicit:
+            raise SettingsError(
+                f"config-file: {where} does not exist", hint="Check the path (relative to the repository root)."
+            )
+        return {}
+    data = _load_yaml(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or set(data) - {"defaults", "environments"}:
+        raise SettingsError(
+            f"{where}: expected a mapping with 'defaults' and/or 'environments' at the top",
+            hint="See docs/usage.md for the file's shape.",
+        )
+    values = _section(data.get("defaults"), "defaults", where)
+    environments = data.get("environments") or {}
+    if not isinstance(environments, dict):
+        raise SettingsError(f"{where}: environments: expected a mapping of environment names to settings")
+    if environment:
+        if environments and environment not in environments:
+            known = ", ".join(sorted(map(str, environments)))
+            raise SettingsError(
+                f"environment: {environment!r} is not in {where} (it has: {known})",
+                hint="Add the environment to the file, or fix the environment input.",
+            )
+        values |= _section(environments.get(environment), f"environments.{environment}", where)
+    if "image-tag" in values:
+        try:
+            values["image-tag"] = values["image-tag"].format_map(placeholders)
+        except (KeyError, ValueError) as exc:
+            raise SettingsError(
+                f"{where}: image-tag: unknown placeholder {exc}; expected {{environment}}, {{sha}} or {{short_sha}}"
+            ) from None
+    return values
+
+
+def layer(explicit: Mapping[str, str], environ: Mapping[str, str]) -> Layered:
+    """Merge the sources; explicit non-empty inputs win, then secrets by prefix, then the file."""
+    given = {name: value for name, value in explicit.items() if value.strip()}
+    environment = given.get("environment", "").strip()
+    prefix = given.get("secret-prefix", "").strip() or default_prefix(environment)
+    source = secrets_json(given["secrets"]) if "secrets" in given else environ
+    from_secrets, secret_names = _by_prefix(source, prefix)
+    if "secrets" not in given:
+        # Off the secrets JSON, only what the prefix names is read from the environment.
+        secret_names = {name: secret for name, secret in secret_names.items() if name in from_secrets}
+    base = Path(environ.get("GITHUB_WORKSPACE") or Path.cwd())
+    file_name = given.get("config-file", "").strip()
+    path = Path(file_name or DEFAULT_CONFIG_FILE)
+    sha = environ.get("GITHUB_SHA", "")
+    from_file = config_file(
+        path if path.is_absolute() else base / path,
+        environment,
+        explicit=bool(file_name),
+        placeholders={"environment": environment, "sha": sha, "short_sha": sha[:7]},
+    )
+    values = {**from_file, **from_secrets, **given}
+    values.pop("secrets", None)
+    return Layered(values=values, secret_names=secret_names, secret_values=list(from_secrets.values()))
+
+
+def early_masks(explicit: Mapping[str, str], environ: Mapping[str, str]) -> list[str]:
+    """Every secret value the sources hold, found before anything is validated or printed."""
+    given = {name: value for name, value in explicit.items() if value.strip()}
+    if "secrets" in given:
+        try:
+            source = secrets_json(given["secrets"])
+        except SettingsError:
+            return []
+        return [value for value in source.values() if value.strip()]
+    prefix = given.get("secret-prefix", "").strip() or default_prefix(given.get("environment", "").strip())
+    return list(_by_prefix(environ, prefix)[0].values())
