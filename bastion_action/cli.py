@@ -13,6 +13,7 @@ from bastion_action import pipeline, report, settings, sources
 from bastion_action.errors import SettingsError
 from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult
+from bastion_action.runners import local
 
 EXIT_SIGNAL_BASE = 128
 
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         )
         return _finish(console, run)
     console.mask(parsed.secrets)
+    local.become_subreaper()
     run, signum = asyncio.run(_execute(parsed, console))
     if signum is not None and run.result is not Result.SUCCESS:
         run.exit_code = EXIT_SIGNAL_BASE + signum  # the exit-code output and the status agree

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from bastion_action.errors import CommandError, SettingsError
 
 TERMINATE_GRACE_SECONDS = 5.0
+_PR_SET_CHILD_SUBREAPER = 36
 _LINE_LIMIT = 1 << 20  # a long traceback line must not break the stream
 
 
@@ -46,6 +48,49 @@ def check_working_directory(path: Path) -> None:
 def _kill_group(process: asyncio.subprocess.Process, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants (a daemon the command started with setsid) children of this process.
+
+    Then they can be found and ended when the command ends: a process group alone
+    does not hold a child that started its own session.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses; split after the last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, queue = [], [root]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def end_descendants() -> None:
+    """SIGKILL every process descended from this one, and reap the ones that were reparented to it."""
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 async def run(
@@ -87,8 +132,9 @@ async def run(
             _kill_group(process, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.shield(asyncio.wait_for(process.wait(), TERMINATE_GRACE_SECONDS))
-        # Children of the command may outlive it in its group; end them too.
+        # Children of the command may outlive it, in its group or in a session of their own; end them too.
         _kill_group(process, signal.SIGKILL)
+        end_descendants()
         if process.returncode is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.shield(asyncio.wait_for(process.wait(), TERMINATE_GRACE_SECONDS))

@@ -177,3 +177,22 @@ def test_cancel_mid_migration_releases_everything(base_inputs, fresh_db, tmp_pat
     assert run.outputs["result"] == "failure"
     assert processes_mentioning(fresh_db) == [], "a child of the run outlived it"
     assert not listening(int(run.outputs["tunnel-port"])), "the tunnel's listener outlived the run"
+
+
+def test_cancel_ends_children_that_left_the_process_group(base_inputs, tmp_path) -> None:
+    marker = f"{int(time.time() * 1000) % 100000 + 200000}"
+    script = f"setsid sleep {marker} & setsid sh -c 'sleep {marker}' & sleep 60"
+    inputs = {**base_inputs, "command": "custom", "args": f'sh -c "{script}"'}
+    started = time.monotonic()
+    process = start_action(inputs, tmp_path)
+    deadline = time.monotonic() + 30
+    while len(processes_mentioning(f"sleep\x00{marker}")) < 2 and time.monotonic() < deadline:  # noqa: PLR2004
+        time.sleep(0.1)
+    assert len(processes_mentioning(f"sleep\x00{marker}")) >= 2, "the daemons never started"
+    os.kill(process.pid, signal.SIGTERM)
+    run = finish_action(process, tmp_path, started, timeout=30)
+    assert run.returncode == 128 + signal.SIGTERM, run.explain()
+    assert run.outputs["exit-code"] == str(128 + signal.SIGTERM)
+    assert processes_mentioning(f"sleep\x00{marker}") == [], "a daemon of the command outlived the run"
+    assert "Traceback" not in run.stderr
+    assert "Exception ignored" not in run.stderr, run.stderr
