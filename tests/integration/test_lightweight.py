@@ -186,7 +186,7 @@ def test_cancel_ends_children_that_left_the_process_group(base_inputs, tmp_path)
     started = time.monotonic()
     process = start_action(inputs, tmp_path)
     deadline = time.monotonic() + 30
-    while len(processes_mentioning(f"sleep\x00{marker}")) < 2 and time.monotonic() < deadline:  # noqa: PLR2004
+    while len(processes_mentioning(f"sleep\x00{marker}")) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(processes_mentioning(f"sleep\x00{marker}")) >= 2, "the daemons never started"
     os.kill(process.pid, signal.SIGTERM)
