@@ -57,7 +57,9 @@ if [ ! -f "$venv/.complete" ]; then
     uv="$uv_dir/bin/uv"
   fi
   "$uv" venv --quiet --python "$py_real" "$venv" >&2
-  "$uv" pip install --quiet --require-hashes --python "$venv/bin/python" -r "$lock" >&2 \
+  # Bytecode is compiled now: a venv in the tool cache may not be writable at run time, and
+  # compiling on every run costs more than the whole SSH connection.
+  "$uv" pip install --quiet --require-hashes --compile-bytecode --python "$venv/bin/python" -r "$lock" >&2 \
     || fail "could not install the action's dependencies from requirements.txt"
   touch "$venv/.complete"
   echo "bastion-migrate: built $venv in $(( ($(date +%s%N) - started_ns) / 1000000 )) ms" >&2
