@@ -16,11 +16,12 @@ fail() {
 }
 
 command -v "$base_python" >/dev/null || fail "no '$base_python' on PATH: bastion-migrate needs Python 3.11 or newer on the runner."
-"$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-  || fail "bastion-migrate needs Python 3.11 or newer; '$base_python' is $("$base_python" -V 2>&1)."
+# One interpreter start (they cost tens of ms each): its version check, path and full version.
+py_info="$("$base_python" -c 'import sys; print(int(sys.version_info >= (3, 11)), sys.executable, sys.version.split()[0])')"
+read -r py_ok py_real py_version <<<"$py_info"
+[ "$py_ok" = 1 ] || fail "bastion-migrate needs Python 3.11 or newer; '$base_python' is $py_version."
 
-py_real="$("$base_python" -c 'import sys; print(sys.executable)')"
-key="$( (cat "$lock" "$uv_lock"; echo "$py_real"; "$base_python" -V) | sha256sum | cut -c1-16)"
+key="$( (cat "$lock" "$uv_lock"; echo "$py_real $py_version") | sha256sum | cut -c1-16)"
 cache="${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/bastion-migrate"
 venv="$cache/venv-$key"
 

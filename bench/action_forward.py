@@ -1,0 +1,30 @@
+"""The action's own forward (bastion_action.tunnel) in a process of its own, for client-side benchmarks.
+
+Prints the local port on stdout, then forwards until stdin closes.
+Usage: python bench/action_forward.py  (reads the lab from lab.json)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import action_inputs, load_lab
+
+from bastion_action import settings, tunnel
+
+
+async def main() -> None:
+    lab = load_lab()
+    parsed = settings.parse(action_inputs(lab, "postgres", mode="lightweight", command="probe"), environ={})
+    credentials = tunnel.load_credentials(parsed.ssh)
+    async with tunnel.open_tunnel(parsed.ssh, credentials, parsed.db.host, parsed.db.port) as opened:
+        print(opened.port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
