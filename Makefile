@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv lab lab-down lint unit integration e2e test demo lock clean
+.PHONY: venv lab lab-down lint lint-workflows unit integration e2e test demo lock clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt scripts/uv-requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,18 @@ lab:
 lab-down:
 	bash tests/lab/down.sh
 
-lint: venv
+lint: venv lint-workflows
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# actionlint (runs shellcheck on run: scripts when it is installed) and zizmor
+# without network. zizmor's self-repository audit is off: act, which runs the
+# e2e workflows, resolves a local action only as `uses: ./`, never `$/`.
+lint-workflows: venv
+	$(BIN)/actionlint .github/workflows/*.yml
+	$(BIN)/zizmor --offline --no-progress --config <(printf 'rules:\n  self-repository:\n    disable: true\n') \
+		.github/workflows action.yml
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

@@ -41,7 +41,9 @@ def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str
 
 
 def _secret_inputs(raw: Mapping[str, str], environ: Mapping[str, str]) -> list[str]:
-    values = [raw[spec.name] for spec in settings.INPUTS if spec.secret and raw.get(spec.name, "").strip()]
+    # The secrets JSON is masked value by value (early_masks), not as text: its braces are not secret.
+    secret_specs = [spec for spec in settings.INPUTS if spec.secret and spec.name != "secrets"]
+    values = [raw[spec.name] for spec in secret_specs if raw.get(spec.name, "").strip()]
     values += sources.early_masks(raw, environ)
     return [form for value in values for form in settings.secret_forms(value)]
 

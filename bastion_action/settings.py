@@ -95,7 +95,9 @@ INPUTS: tuple[InputSpec, ...] = (
         "config-file", "YAML topology file (non-secret settings per environment).", ".github/bastion-migrate.yml"
     ),
     InputSpec(
-        "secrets", "All secrets as JSON (${{ toJSON(secrets) }}); <PREFIX>_* names are read from it.", secret=True
+        "secrets",
+        "All secrets as JSON (toJSON(secrets) of the workflow); <PREFIX>_* names are read from it.",
+        secret=True,
     ),
     InputSpec("secret-prefix", "Prefix of the secret names read from `secrets`; default: the environment, upper case."),
     InputSpec("ssh-host", "Bastion host name or address."),
@@ -305,7 +307,10 @@ class Settings:
 def secret_forms(value: str) -> list[str]:
     """A secret and every form of it that may be printed: its lines, URL encodings."""
     forms = {value, quote(value, safe=""), quote_plus(value, safe="")}
-    forms.update(line.strip() for line in value.splitlines())
+    lines = [line.strip() for line in value.splitlines()]
+    if len(lines) > 1:
+        # GitHub masks line by line; a line too short to be secret ("{" of a JSON) would blank out the log.
+        forms.update(line for line in lines if len(line) >= _MIN_LINE_MASK)
     return sorted((form for form in forms if form.strip()), key=len, reverse=True)
 
 
@@ -371,6 +376,7 @@ class _Reader:
             raise input_error(name, f"one of {choices}", value) from None
 
 
+_MIN_LINE_MASK = 4
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

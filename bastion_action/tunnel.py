@@ -1,4 +1,4 @@
-"""The SSH side: asyncssh connection to the bastion and the local port-forward."""
+"""The SSH side: asyncssh connections (jump hosts, then the bastion) and the local port-forward."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncssh
 
 from bastion_action.errors import SettingsError, TunnelError
-from bastion_action.settings import SSHSettings
+from bastion_action.settings import JumpHost, SSHSettings
 
 # A dead link is declared after this many unanswered keepalives (ronf/asyncssh#471:
 # without keepalives asyncssh never notices a silently dead peer).
@@ -70,47 +70,105 @@ class _Client(asyncssh.SSHClient):
 
 @dataclasses.dataclass
 class Tunnel:
-    """An open forward: ``127.0.0.1:port`` reaches the database through the bastion."""
+    """An open forward: ``127.0.0.1:port`` reaches the database through the bastion.
+
+    ``connection`` is the bastion's; ``hops`` are the jump hosts' connections it runs over, in order.
+    """
 
     port: int
     connection: asyncssh.SSHClientConnection
+    hops: tuple[asyncssh.SSHClientConnection, ...] = ()
 
     async def wait_closed(self) -> None:
-        """Return when the SSH connection ends (closed, dropped, or keepalive timeout)."""
-        await self.connection.wait_closed()
+        """Return when any SSH connection of the chain ends (closed, dropped, or keepalive timeout)."""
+        if not self.hops:
+            await self.connection.wait_closed()
+            return
+        waiters = [asyncio.ensure_future(conn.wait_closed()) for conn in (*self.hops, self.connection)]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
 
 
-def _translate(exc: BaseException, ssh: SSHSettings, client: _Client | None) -> TunnelError:  # noqa: PLR0911
-    where = f"{ssh.user}@{ssh.host}:{ssh.port}"
+def hop_chain(ssh: SSHSettings) -> tuple[JumpHost, ...]:
+    """Every SSH server to connect to, in order: the jump hosts, then the bastion (last)."""
+    return (*ssh.jump_hosts, JumpHost(user=ssh.user, host=ssh.host, port=ssh.port))
+
+
+def describe_hop(chain: tuple[JumpHost, ...], index: int) -> str:
+    """How messages name hop ``index`` of ``chain``: ``jump host u@h:p (hop 1 of 3)`` or ``the bastion u@h:p``."""
+    hop = chain[index]
+    if index == len(chain) - 1:
+        return f"the bastion {hop}"
+    return f"jump host {hop} (hop {index + 1} of {len(chain)})"
+
+
+def _translate(  # noqa: PLR0911
+    exc: BaseException, ssh: SSHSettings, client: _Client | None, chain: tuple[JumpHost, ...] = (), index: int = -1
+) -> TunnelError:
+    """A hop-aware TunnelError for ``exc``, raised while connecting to ``chain[index]`` (default: the bastion)."""
+    chain = chain or hop_chain(ssh)
+    index = index % len(chain)
+    hop = chain[index]
+    direct = len(chain) == 1
+    who = describe_hop(chain, index)
+    where = f"{hop.user}@{hop.host}:{hop.port}" if direct else who
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         presented = client.presented if client and client.presented else "unknown"
+        if direct:
+            message = (
+                f"host key of {hop.host}:{hop.port} is not trusted (possible man-in-the-middle); "
+                f"the bastion presented {presented}"
+            )
+        else:
+            message = f"host key of {who} is not trusted (possible man-in-the-middle); it presented {presented}"
         return TunnelError(
-            f"host key of {ssh.host}:{ssh.port} is not trusted (possible man-in-the-middle); "
-            f"the bastion presented {presented}",
-            hint="If the bastion's key really changed, verify it out of band "
-            f"(`ssh-keygen -lf` on the bastion, or `ssh-keyscan -p {ssh.port} {ssh.host}` from a trusted network) "
-            "and update ssh-known-hosts or ssh-host-fingerprint.",
+            message,
+            hint=f"If the key of {hop.host}:{hop.port} really changed, verify it out of band "
+            f"(`ssh-keygen -lf` on that host, or `ssh-keyscan -p {hop.port} {hop.host}` from a trusted network"
+            + ("" if direct or index == 0 else f", i.e. from {chain[index - 1].host}")
+            + ") and update ssh-known-hosts or ssh-host-fingerprint"
+            + ("" if direct else " (one line or fingerprint per hop)")
+            + ".",
             anchor="host-key",
         )
     if isinstance(exc, asyncssh.PermissionDenied):
         return TunnelError(
             f"authentication to {where} was refused",
-            hint="Check ssh-user and ssh-password / ssh-private-key; a key must be in the user's authorized_keys.",
+            hint="Check ssh-user and ssh-password / ssh-private-key; a key must be in the user's authorized_keys"
+            + ("." if direct else " on every hop (jump hosts use the same credentials as the bastion)."),
             anchor="authentication",
         )
     if isinstance(exc, TimeoutError):
+        what = f"{hop.host}:{hop.port}" if direct else f"{who} (connect-timeout covers the whole chain)"
         return TunnelError(
-            f"no SSH answer from {ssh.host}:{ssh.port} within {ssh.connect_timeout:g} s",
-            hint="Check ssh-host and ssh-port, and that the bastion's firewall admits this runner's address.",
+            f"no SSH answer from {what} within {ssh.connect_timeout:g} s",
+            hint="Check ssh-host and ssh-port, and that the bastion's firewall admits this runner's address."
+            if direct
+            else "Check ssh-jump-hosts, ssh-host and ssh-port, and that each hop admits the previous one.",
             anchor="timeout",
+        )
+    if index > 0 and isinstance(exc, asyncssh.ChannelOpenError):
+        return TunnelError(
+            f"{describe_hop(chain, index - 1)} could not connect to {hop.host}:{hop.port}: {exc.reason}",
+            hint="Check the address of the next hop as seen from the previous one, "
+            "and that the previous hop allows TCP forwarding (AllowTcpForwarding).",
         )
     if isinstance(exc, ConnectionRefusedError):
         return TunnelError(
-            f"{ssh.host}:{ssh.port} refused the connection",
-            hint="Check ssh-port, and that sshd is running on the bastion.",
+            f"{hop.host}:{hop.port} refused the connection" + ("" if direct else f" ({who})"),
+            hint="Check ssh-port, and that sshd is running on the bastion."
+            if direct
+            else "Check the port in ssh-jump-hosts / ssh-port, and that sshd is running there.",
         )
     if isinstance(exc, socket.gaierror):
-        return TunnelError(f"cannot resolve {ssh.host!r} ({exc.strerror})", hint="Check ssh-host.")
+        return TunnelError(
+            f"cannot resolve {hop.host!r} ({exc.strerror})" + ("" if direct else f" ({who})"),
+            hint="Check ssh-host." if direct else "Check ssh-jump-hosts and ssh-host.",
+        )
     if isinstance(exc, asyncssh.Error):
         return TunnelError(
             f"SSH connection to {where} failed: {exc.reason}",
@@ -119,32 +177,66 @@ def _translate(exc: BaseException, ssh: SSHSettings, client: _Client | None) -> 
     return TunnelError(f"SSH connection to {where} failed: {exc}", hint="Check ssh-host and ssh-port.")
 
 
+async def _close(connection: asyncssh.SSHClientConnection) -> None:
+    connection.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.wait_closed(), timeout=5)
+
+
+async def _connect_hop(
+    ssh: SSHSettings,
+    credentials: Credentials,
+    hop: JumpHost,
+    client: _Client,
+    through: asyncssh.SSHClientConnection | None,
+) -> asyncssh.SSHClientConnection:
+    """One SSH connection (directly, or tunnelled through the previous hop's connection)."""
+    return await asyncssh.connect(
+        hop.host,
+        hop.port,
+        tunnel=through,
+        username=hop.user,
+        password=ssh.password,
+        client_keys=credentials.client_keys,
+        known_hosts=credentials.known_hosts,
+        client_factory=lambda: client,
+        config=None,
+        agent_path=None,
+        keepalive_interval=ssh.keepalive_interval,
+        keepalive_count_max=KEEPALIVE_COUNT_MAX,
+        connect_timeout=ssh.connect_timeout,
+        login_timeout=ssh.connect_timeout,
+    )
+
+
+async def _connect_chain(
+    ssh: SSHSettings, credentials: Credentials, stack: contextlib.AsyncExitStack
+) -> list[asyncssh.SSHClientConnection]:
+    """Connect hop by hop, each through the previous one; every connection is closed by ``stack``."""
+    chain = hop_chain(ssh)
+    connections: list[asyncssh.SSHClientConnection] = []
+    client = None
+    try:
+        # connect-timeout bounds the whole chain, not each hop.
+        async with asyncio.timeout(ssh.connect_timeout):
+            for hop in chain:
+                client = _Client(ssh.host_fingerprints)
+                connection = await _connect_hop(ssh, credentials, hop, client, connections[-1] if connections else None)
+                # Innermost first on exit: the bastion's connection closes before the hops it runs over.
+                stack.push_async_callback(_close, connection)
+                connections.append(connection)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise _translate(exc, ssh, client, chain, len(connections)) from exc
+    return connections
+
+
 @contextlib.asynccontextmanager
 async def open_tunnel(
     ssh: SSHSettings, credentials: Credentials, db_host: str, db_port: int, local_port: int = 0
 ) -> AsyncIterator[Tunnel]:
-    """Connect to the bastion and forward ``127.0.0.1:<port>`` to ``db_host:db_port``."""
-    client = _Client(ssh.host_fingerprints)
-    try:
-        async with asyncio.timeout(ssh.connect_timeout):
-            connection = await asyncssh.connect(
-                ssh.host,
-                ssh.port,
-                username=ssh.user,
-                password=ssh.password,
-                client_keys=credentials.client_keys,
-                known_hosts=credentials.known_hosts,
-                client_factory=lambda: client,
-                config=None,
-                agent_path=None,
-                keepalive_interval=ssh.keepalive_interval,
-                keepalive_count_max=KEEPALIVE_COUNT_MAX,
-                connect_timeout=ssh.connect_timeout,
-                login_timeout=ssh.connect_timeout,
-            )
-    except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise _translate(exc, ssh, client) from exc
-    try:
+    """Connect to the bastion (through any jump hosts) and forward ``127.0.0.1:<port>`` to ``db_host:db_port``."""
+    async with contextlib.AsyncExitStack() as stack:
+        *hops, connection = await _connect_chain(ssh, credentials, stack)
         try:
             listener = await connection.forward_local_port("127.0.0.1", local_port, db_host, db_port)
         except OSError as exc:
@@ -156,11 +248,7 @@ async def open_tunnel(
                 hint="The bastion must allow TCP forwarding (AllowTcpForwarding, PermitOpen) to the database.",
             ) from exc
         try:
-            yield Tunnel(port=listener.get_port(), connection=connection)
+            yield Tunnel(port=listener.get_port(), connection=connection, hops=tuple(hops))
         finally:
             listener.close()
             await listener.wait_closed()
-    finally:
-        connection.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(connection.wait_closed(), timeout=5)

@@ -53,9 +53,11 @@ runs:
 def render() -> str:
     lines = [HEADER, "inputs:"]
     for spec in INPUTS:
-        lines += [f"  {spec.name}:", f"    description: {json.dumps(spec.description)}", "    required: false"]
-        if spec.default:
-            lines.append(f"    default: {json.dumps(spec.default)}")
+        # No `default:` here: a composite action passes a declared default as if the user had set it,
+        # and then the secrets-by-prefix and config-file layers could never fill that input.
+        # The code applies the defaults (bastion_action/settings.py INPUTS), after those layers.
+        description = spec.description + (f" Default: {spec.default}." if spec.default else "")
+        lines += [f"  {spec.name}:", f"    description: {json.dumps(description)}", "    required: false"]
     lines += ["", "outputs:"]
     for name, description in OUTPUTS.items():
         lines += [

@@ -6,8 +6,9 @@
 : "${LAB_PREFIX:=bmlab}"
 : "${LAB_DIR:=/var/lib/bastion-migrate-lab}"
 
-# Addressing: LAB_NET=10.231 gives 10.231.1.0/24 (runner <-> bastion) and
-# 10.231.2.0/24 (bastion <-> private).
+# Addressing: LAB_NET=10.231 gives 10.231.1.0/24 (runner <-> bastion),
+# 10.231.2.0/24 (bastion <-> private), and for the jump-host path
+# 10.231.3.0/24 (runner <-> jump) and 10.231.4.0/24 (jump <-> bastion).
 : "${LAB_NET:=10.231}"
 : "${LAB_RUNNER_NET:=${LAB_NET}.1}"
 : "${LAB_PRIVATE_NET:=${LAB_NET}.2}"
@@ -16,6 +17,12 @@
 : "${LAB_BASTION_PRIVATE_IP:=${LAB_PRIVATE_NET}.1}" # bastion, private side
 : "${LAB_DB_HOST:=${LAB_PRIVATE_NET}.2}"         # private (PostgreSQL)
 : "${LAB_HBA_CIDR:=${LAB_NET}.0.0/16}"
+: "${LAB_JUMP_NET:=${LAB_NET}.3}"
+: "${LAB_INNER_NET:=${LAB_NET}.4}"
+: "${LAB_HOST_JUMP_IP:=${LAB_JUMP_NET}.1}"       # host ("runner") side, towards the jump
+: "${LAB_JUMP_IP:=${LAB_JUMP_NET}.2}"            # jump, runner side
+: "${LAB_JUMP_INNER_IP:=${LAB_INNER_NET}.1}"     # jump, bastion side
+: "${LAB_BASTION_INNER_IP:=${LAB_INNER_NET}.2}"  # bastion, jump side (its second address)
 
 # Namespaces and veths (interface names: 15 characters at most).
 : "${LAB_BASTION_NS:=${LAB_PREFIX}-bastion}"
@@ -24,6 +31,11 @@
 : "${LAB_VETH_BASTION_UP:=${LAB_PREFIX}-bh}"     # in bastion, towards host
 : "${LAB_VETH_BASTION_DOWN:=${LAB_PREFIX}-bp}"   # in bastion, towards private
 : "${LAB_VETH_PRIVATE:=${LAB_PREFIX}-pb}"        # in private
+: "${LAB_JUMP_NS:=${LAB_PREFIX}-jump}"
+: "${LAB_VETH_HOST_JUMP:=${LAB_PREFIX}-hj}"      # in the host, towards jump
+: "${LAB_VETH_JUMP_UP:=${LAB_PREFIX}-jh}"        # in jump, towards host
+: "${LAB_VETH_JUMP_DOWN:=${LAB_PREFIX}-jb}"      # in jump, towards bastion
+: "${LAB_VETH_BASTION_JUMP:=${LAB_PREFIX}-bj}"   # in bastion, towards jump
 
 # SSH bastion
 : "${LAB_SSH_PORT:=22}"
@@ -31,6 +43,7 @@
 : "${LAB_SSH_PASSWORD:=Bm!lab:pw@bastion#1}"
 : "${LAB_SSH_KEY_USER:=${LAB_PREFIX}-key}"
 : "${LAB_SSH_KEY_PASSPHRASE:=key pass:phrase@42!}"
+: "${LAB_JUMP_SSH_PORT:=22}"                      # jump sshd (same users and keys as the bastion)
 
 # PostgreSQL
 : "${LAB_PG_BIN:=/usr/lib/postgresql/15/bin}"
@@ -71,6 +84,7 @@ LAB_APT_PACKAGES=(openssh-server postgresql docker.io docker-registry apache2-ut
 
 # Derived paths (not meant to be overridden one by one).
 LAB_SSH_DIR="$LAB_DIR/ssh"
+LAB_JUMP_SSH_DIR="$LAB_SSH_DIR/jump"
 LAB_PG_DIR="$LAB_DIR/postgres"
 LAB_PG_DATA="$LAB_PG_DIR/data"
 LAB_PG_SOCKET_DIR="$LAB_PG_DIR/run"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Tear the bastion-migrate test lab down: stop its daemons, delete its
-# namespaces, veths, route and /etc/hosts line.
+# namespaces (bastion, private, jump), veths, routes and /etc/hosts line.
 #   down.sh          keeps LAB_DIR (keys, data, caches) and the docker images
 #   down.sh --purge  also deletes LAB_DIR, the lab's docker images, the docker
 #                    CA for the registry and the lab's system users
@@ -19,7 +19,10 @@ case "${1:-}" in
     *) die "usage: $0 [--purge]" ;;
 esac
 
-stop_sshd() { stop_pidfile "$LAB_SSH_DIR/sshd.pid"; }
+stop_sshd() {
+    stop_pidfile "$LAB_SSH_DIR/sshd.pid"
+    stop_pidfile "$LAB_JUMP_SSH_DIR/sshd.pid"
+}
 stop_registry() { stop_pidfile "$LAB_REGISTRY_DIR/registry.pid"; }
 
 stop_postgres() {
@@ -33,7 +36,7 @@ stop_postgres() {
 # children, a test's helper...) was started for the lab.
 kill_ns_processes() {
     local ns pids pid
-    for ns in "$LAB_BASTION_NS" "$LAB_PRIVATE_NS"; do
+    for ns in "$LAB_BASTION_NS" "$LAB_PRIVATE_NS" "$LAB_JUMP_NS"; do
         netns_exists "$ns" || continue
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         for pid in $pids; do stop_pid "$pid" 5; done
@@ -42,9 +45,11 @@ kill_ns_processes() {
 
 delete_network() {
     ip route del "$LAB_PRIVATE_NET.0/24" 2>/dev/null || true
+    ip route del "$LAB_INNER_NET.0/24" 2>/dev/null || true
     ip link del "$LAB_VETH_HOST" 2>/dev/null || true
+    ip link del "$LAB_VETH_HOST_JUMP" 2>/dev/null || true
     local ns
-    for ns in "$LAB_BASTION_NS" "$LAB_PRIVATE_NS"; do
+    for ns in "$LAB_BASTION_NS" "$LAB_PRIVATE_NS" "$LAB_JUMP_NS"; do
         if netns_exists "$ns"; then ip netns del "$ns"; fi
     done
 }
@@ -93,7 +98,7 @@ main() {
     step "stop registry" stop_registry
     step "stop postgres" stop_postgres
     step "stop leftover namespace processes" kill_ns_processes
-    step "delete namespaces, veths, route" delete_network
+    step "delete namespaces, veths, routes" delete_network
     step "/etc/hosts" clean_etc_hosts
     if ((PURGE)); then
         step "purge docker images" purge_images

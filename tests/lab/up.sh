@@ -3,6 +3,7 @@
 # Bring the bastion-migrate test lab up (idempotent). See README.md.
 #
 #   runner (host) --veth-- [bastion ns: sshd] --veth-- [private ns: PostgreSQL]
+#   runner (host) --veth-- [jump ns: sshd] --veth-- [bastion ns]   (jump-host path)
 #   + a TLS docker registry on the host side of the first veth
 #   + the sample project's production image pushed there
 #   + a runner-side Django venv
@@ -66,7 +67,7 @@ stop_package_daemons() {
 prepare_dirs() {
     install -d -m 0711 "$LAB_DIR"
     install -d -m 0700 "$LAB_CA_DIR" "$LAB_REGISTRY_DIR" "$LAB_CACHE_DIR" "$LAB_DIR/stamps"
-    install -d -m 0711 "$LAB_SSH_DIR"
+    install -d -m 0711 "$LAB_SSH_DIR" "$LAB_JUMP_SSH_DIR"
     install -d -m 0755 "$LAB_SSH_DIR/authorized_keys"
     install -d -m 0711 "$LAB_PG_DIR"
 }
@@ -86,7 +87,7 @@ ensure_veth() { # HOST_NS(or "") IFACE PEER_NS PEER
 
 setup_network() {
     local ns
-    for ns in "$LAB_BASTION_NS" "$LAB_PRIVATE_NS"; do
+    for ns in "$LAB_BASTION_NS" "$LAB_PRIVATE_NS" "$LAB_JUMP_NS"; do
         netns_exists "$ns" || ip netns add "$ns"
         ip -n "$ns" link set lo up
     done
@@ -102,15 +103,31 @@ setup_network() {
     ip -n "$LAB_PRIVATE_NS" addr replace "$LAB_DB_HOST/24" dev "$LAB_VETH_PRIVATE"
     ip -n "$LAB_PRIVATE_NS" link set "$LAB_VETH_PRIVATE" up
 
+    # The jump-host path: runner <-> jump <-> bastion (a second address on the bastion).
+    ensure_veth "" "$LAB_VETH_HOST_JUMP" "$LAB_JUMP_NS" "$LAB_VETH_JUMP_UP"
+    ensure_veth "$LAB_JUMP_NS" "$LAB_VETH_JUMP_DOWN" "$LAB_BASTION_NS" "$LAB_VETH_BASTION_JUMP"
+    ip addr replace "$LAB_HOST_JUMP_IP/24" dev "$LAB_VETH_HOST_JUMP"
+    ip link set "$LAB_VETH_HOST_JUMP" up
+    ip -n "$LAB_JUMP_NS" addr replace "$LAB_JUMP_IP/24" dev "$LAB_VETH_JUMP_UP"
+    ip -n "$LAB_JUMP_NS" addr replace "$LAB_JUMP_INNER_IP/24" dev "$LAB_VETH_JUMP_DOWN"
+    ip -n "$LAB_JUMP_NS" link set "$LAB_VETH_JUMP_UP" up
+    ip -n "$LAB_JUMP_NS" link set "$LAB_VETH_JUMP_DOWN" up
+    ip -n "$LAB_BASTION_NS" addr replace "$LAB_BASTION_INNER_IP/24" dev "$LAB_VETH_BASTION_JUMP"
+    ip -n "$LAB_BASTION_NS" link set "$LAB_VETH_BASTION_JUMP" up
+
     # A new netns inherits the host's ip_forward (which dockerd sets to 1):
     # the bastion must NOT route between its two legs.
     ip netns exec "$LAB_BASTION_NS" sysctl -qw net.ipv4.ip_forward=0
     ip netns exec "$LAB_PRIVATE_NS" sysctl -qw net.ipv4.ip_forward=0
+    ip netns exec "$LAB_JUMP_NS" sysctl -qw net.ipv4.ip_forward=0
 
     # Trap: the default route goes through a transparent proxy accepting any
     # TCP connection. Send the private range to the (non-forwarding) bastion
     # so a direct runner -> DB connection fails as on a real runner.
     ip route replace "$LAB_PRIVATE_NET.0/24" via "$LAB_BASTION_IP" dev "$LAB_VETH_HOST"
+    # Likewise the bastion's inner address is only reachable through the jump's sshd:
+    # route it to the (non-forwarding) jump, not to the proxy.
+    ip route replace "$LAB_INNER_NET.0/24" via "$LAB_JUMP_IP" dev "$LAB_VETH_HOST_JUMP"
 }
 
 # ------------------------------------------------------------------ docker --
@@ -240,19 +257,22 @@ keygen() {
     chmod 0644 "$file.pub"
 }
 
-known_hosts_line() { # PUBFILE
-    local host=$LAB_BASTION_IP
-    [[ $LAB_SSH_PORT == 22 ]] || host="[$LAB_BASTION_IP]:$LAB_SSH_PORT"
+known_hosts_line() { # PUBFILE [ADDRESS [PORT]] (default: the bastion's runner-side address)
+    local addr=${2:-$LAB_BASTION_IP} port=${3:-$LAB_SSH_PORT} host
+    host=$addr
+    [[ $port == 22 ]] || host="[$addr]:$port"
     printf '%s %s\n' "$host" "$(cut -d' ' -f1,2 "$1")"
 }
 
 fingerprint() { ssh-keygen -lf "$1" | awk '{print $2}'; }
 
 sshd_running() { pidfile_alive "$LAB_SSH_DIR/sshd.pid"; }
-ssh_banner_ok() {
+ssh_banner_ok() { # [ADDRESS PORT [NS]] (default: the bastion from the runner)
+    local addr=${1:-$LAB_BASTION_IP} port=${2:-$LAB_SSH_PORT} ns=${3:-}
     # shellcheck disable=SC2016 # expanded by the inner bash
-    timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && head -c 15 <&3' _ "$LAB_BASTION_IP" "$LAB_SSH_PORT" |
-        grep -q '^SSH-2.0-OpenSSH'
+    local cmd=(timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && head -c 15 <&3' _ "$addr" "$port")
+    if [[ -n $ns ]]; then cmd=(ip netns exec "$ns" "${cmd[@]}"); fi
+    "${cmd[@]}" | grep -q '^SSH-2.0-OpenSSH'
 }
 
 setup_ssh() {
@@ -273,10 +293,14 @@ setup_ssh() {
         write_if_changed "$LAB_SSH_DIR/known_hosts" 0644 || true
     known_hosts_line "$LAB_SSH_DIR/wrong_host_ed25519_key.pub" |
         write_if_changed "$LAB_SSH_DIR/wrong_known_hosts" 0644 || true
+    # The same bastion key, as seen from the jump host (its inner address).
+    known_hosts_line "$LAB_SSH_DIR/ssh_host_ed25519_key.pub" "$LAB_BASTION_INNER_IP" |
+        write_if_changed "$LAB_SSH_DIR/bastion_inner_known_hosts" 0644 || true
 
     write_if_changed "$LAB_SSH_DIR/sshd_config" 0600 <<EOF && changed=1
 # Written by tests/lab/up.sh: the lab bastion (runs in netns $LAB_BASTION_NS).
 ListenAddress $LAB_BASTION_IP:$LAB_SSH_PORT
+ListenAddress $LAB_BASTION_INNER_IP:$LAB_SSH_PORT
 HostKey $LAB_SSH_DIR/ssh_host_ed25519_key
 PidFile $LAB_SSH_DIR/sshd.pid
 UsePAM no
@@ -300,7 +324,7 @@ EOF
         log "    configuration changed: restarting sshd"
         stop_pidfile "$LAB_SSH_DIR/sshd.pid"
     fi
-    if sshd_running && ssh_banner_ok; then
+    if sshd_running && ssh_banner_ok && ssh_banner_ok "$LAB_BASTION_INNER_IP" "$LAB_SSH_PORT" "$LAB_JUMP_NS"; then
         log "    sshd already running"
         return 0
     fi
@@ -310,6 +334,53 @@ EOF
         -E "$LAB_SSH_DIR/sshd.log" </dev/null >/dev/null 2>&1 &
     wait_until "$LAB_START_TIMEOUT" "sshd banner on $LAB_BASTION_IP:$LAB_SSH_PORT" ssh_banner_ok ||
         { tail -n 20 "$LAB_SSH_DIR/sshd.log" >&2; return 1; }
+}
+
+# A jump host in front of the bastion: its own sshd and host key, the same users and keys.
+jump_sshd_running() { pidfile_alive "$LAB_JUMP_SSH_DIR/sshd.pid"; }
+jump_banner_ok() { ssh_banner_ok "$LAB_JUMP_IP" "$LAB_JUMP_SSH_PORT"; }
+
+setup_jump_ssh() {
+    local changed=0 dir=$LAB_JUMP_SSH_DIR
+    keygen "$dir/ssh_host_ed25519_key"
+    known_hosts_line "$dir/ssh_host_ed25519_key.pub" "$LAB_JUMP_IP" "$LAB_JUMP_SSH_PORT" |
+        write_if_changed "$dir/known_hosts" 0644 || true
+    write_if_changed "$dir/sshd_config" 0600 <<EOF && changed=1
+# Written by tests/lab/up.sh: the lab jump host (runs in netns $LAB_JUMP_NS).
+ListenAddress $LAB_JUMP_IP:$LAB_JUMP_SSH_PORT
+HostKey $dir/ssh_host_ed25519_key
+PidFile $dir/sshd.pid
+UsePAM no
+PasswordAuthentication yes
+PubkeyAuthentication yes
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowTcpForwarding yes
+PermitTTY no
+X11Forwarding no
+AuthorizedKeysFile $LAB_SSH_DIR/authorized_keys/%u
+StrictModes no
+AllowUsers $LAB_SSH_PASSWORD_USER $LAB_SSH_KEY_USER
+MaxStartups 200
+MaxSessions 200
+LogLevel VERBOSE
+EOF
+    install -d -m 0755 /run/sshd
+    /usr/sbin/sshd -t -f "$dir/sshd_config"
+    if jump_sshd_running && ((changed)); then
+        log "    configuration changed: restarting the jump sshd"
+        stop_pidfile "$dir/sshd.pid"
+    fi
+    if jump_sshd_running && jump_banner_ok; then
+        log "    jump sshd already running"
+        return 0
+    fi
+    stop_pidfile "$dir/sshd.pid"
+    log "    starting sshd in $LAB_JUMP_NS (log: $dir/sshd.log)"
+    ip netns exec "$LAB_JUMP_NS" setsid /usr/sbin/sshd -D -f "$dir/sshd_config" \
+        -E "$dir/sshd.log" </dev/null >/dev/null 2>&1 &
+    wait_until "$LAB_START_TIMEOUT" "sshd banner on $LAB_JUMP_IP:$LAB_JUMP_SSH_PORT" jump_banner_ok ||
+        { tail -n 20 "$dir/sshd.log" >&2; return 1; }
 }
 
 # ---------------------------------------------------------------- registry --
@@ -573,6 +644,7 @@ import json, os
 
 e = os.environ
 ssh = e["LAB_SSH_DIR"]
+jump = e["LAB_JUMP_SSH_DIR"]
 def read(path):
     with open(path) as f:
         return f.read().strip()
@@ -593,6 +665,15 @@ info = {
     "ssh_host_fingerprint": e["LAB_FP"],
     "ssh_wrong_known_hosts": read(f"{ssh}/wrong_known_hosts"),
     "ssh_wrong_host_fingerprint": e["LAB_WRONG_FP"],
+    "jump_ns": e["LAB_JUMP_NS"],
+    "jump_host": e["LAB_JUMP_IP"],
+    "jump_port": int(e["LAB_JUMP_SSH_PORT"]),
+    "jump_known_hosts": read(f"{jump}/known_hosts"),
+    "jump_host_fingerprint": e["LAB_JUMP_FP"],
+    "jump_sshd_pidfile": f"{jump}/sshd.pid",
+    "jump_sshd_log": f"{jump}/sshd.log",
+    "bastion_inner_host": e["LAB_BASTION_INNER_IP"],
+    "bastion_inner_known_hosts": read(f"{ssh}/bastion_inner_known_hosts"),
     "sshd_log": f"{ssh}/sshd.log",
     "sshd_pidfile": f"{ssh}/sshd.pid",
     "db_host": e["LAB_DB_HOST"],
@@ -641,6 +722,8 @@ PY
 export_for_info() {
     LAB_FP=$(fingerprint "$LAB_SSH_DIR/ssh_host_ed25519_key.pub")
     LAB_WRONG_FP=$(fingerprint "$LAB_SSH_DIR/wrong_host_ed25519_key.pub")
+    LAB_JUMP_FP=$(fingerprint "$LAB_JUMP_SSH_DIR/ssh_host_ed25519_key.pub")
+    export LAB_JUMP_FP LAB_JUMP_NS LAB_JUMP_IP LAB_JUMP_SSH_PORT LAB_JUMP_SSH_DIR LAB_BASTION_INNER_IP
     export LAB_FP LAB_WRONG_FP LAB_DIR LAB_BASTION_NS LAB_PRIVATE_NS LAB_BASTION_IP LAB_SSH_PORT \
         LAB_SSH_PASSWORD_USER LAB_SSH_PASSWORD LAB_SSH_KEY_USER LAB_SSH_KEY_PASSPHRASE LAB_SSH_DIR \
         LAB_DB_HOST LAB_DB_PORT LAB_DB_NAME LAB_DB_USER LAB_DB_PASSWORD LAB_PG_BIN LAB_PG_SOCKET_DIR \
@@ -659,7 +742,8 @@ main() {
     step "network namespaces" setup_network
     step "docker engine" start_docker
     step "postgresql ($LAB_PRIVATE_NS $LAB_DB_HOST:$LAB_DB_PORT)" setup_postgres
-    step "sshd ($LAB_BASTION_NS $LAB_BASTION_IP:$LAB_SSH_PORT)" setup_ssh
+    step "sshd ($LAB_BASTION_NS $LAB_BASTION_IP:$LAB_SSH_PORT, $LAB_BASTION_INNER_IP:$LAB_SSH_PORT)" setup_ssh
+    step "jump sshd ($LAB_JUMP_NS $LAB_JUMP_IP:$LAB_JUMP_SSH_PORT)" setup_jump_ssh
     step "registry ($LAB_REGISTRY)" setup_registry
     step "runner django venv" setup_venv
     step "base image ($LAB_BASE_IMAGE)" base_image
