@@ -68,6 +68,18 @@ class Console:
         finally:
             self._command(gha.end_group)
 
+    def open_group(self, title: str) -> None:
+        """A group whose end is not lexically scoped (a command started before its output is shown)."""
+        title = self.redact(title)
+        if self.github:
+            self._command(lambda: gha.echo(f"::group::{_escape_data(title)}"))
+        else:
+            self.line(f"== {title}")
+
+    def close_group(self) -> None:
+        if self.github:
+            self._command(gha.end_group)
+
     def warning(self, message: str, *, title: str = TITLE) -> None:
         message = self.redact(message)
         if self.github:

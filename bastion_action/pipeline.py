@@ -1,4 +1,9 @@
-"""The run, in one direction: prepare -> (tunnel -> probe | pull) -> command -> report.
+"""The run, in one direction: prepare -> (tunnel -> probe | pull) -> lock -> command -> report.
+
+The command's end of the tunnel (the gate) is bound first, so the command can start
+while the rest comes up; it reaches the database only once the lock is held.
+asyncssh, asyncpg (tunnel, database) and aiodocker are imported where first needed,
+after the command has started: their imports cost more than the SSH connection.
 
 One ``AsyncExitStack`` owns every resource; failure, timeout and cancellation
 all unwind it (the command's processes ended, the forward and the SSH
@@ -15,7 +20,7 @@ import time
 from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-from bastion_action import database, migrations, tunnel
+from bastion_action import loopback, migrations
 from bastion_action.errors import (
     ActionError,
     CommandError,
@@ -33,7 +38,7 @@ from bastion_action.runners import local
 from bastion_action.settings import Command, Mode, Settings
 
 if TYPE_CHECKING:
-    # aiodocker (through aiohttp) is the heaviest import; lightweight runs never load it.
+    from bastion_action import database, tunnel
     from bastion_action.runners import docker
 
 OUTPUT_LINES = 100_000  # kept for parsing; a command printing more is cut at the front
@@ -118,9 +123,9 @@ async def _concurrently(first: Awaitable[_T], second: Awaitable[_U]) -> tuple[_T
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _watch_command(command: Awaitable[int], opened: tunnel.Tunnel) -> int:
-    """The command's exit code, unless the tunnel ends first: then the command is stopped."""
-    running = asyncio.ensure_future(command)
+async def _while_tunnel_up(work: Awaitable[_T], opened: tunnel.Tunnel) -> _T:
+    """The work's result, unless the tunnel ends first: then the work is stopped (never a hang on a dead link)."""
+    running = asyncio.ensure_future(work)
     dropped = asyncio.ensure_future(opened.wait_closed())
     try:
         await asyncio.wait({running, dropped}, return_when=asyncio.FIRST_COMPLETED)
@@ -131,11 +136,49 @@ async def _watch_command(command: Awaitable[int], opened: tunnel.Tunnel) -> int:
             task.cancel()
         await asyncio.gather(running, dropped, return_exceptions=True)
     raise TunnelError(
-        "the SSH connection to the bastion ended while the command ran; the command was stopped",
+        "the SSH connection to the bastion ended while the run used it; what was running was stopped",
         hint="The bastion or the network dropped the link (keepalives went unanswered). "
         "Re-run; if it repeats, check the bastion's sshd logs and idle timeouts.",
         anchor="tunnel-dropped",
     )
+
+
+class _Started:
+    """A command that may start before the tunnel is up; its output is held back until it may reach the database."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        self.console = console
+        self.title = title
+        self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
+        self.task: asyncio.Future[int] | None = None
+        self._held: list[str] = []
+        self._live = False
+
+    def on_line(self, line: str) -> None:
+        # The runner keeps the line in `output` (its `tail`); here it is only shown, or held back.
+        if self._live:
+            self.console.line(line)
+        else:
+            self._held.append(line)
+
+    def go_live(self) -> None:
+        if self._live:
+            return
+        self.console.open_group(self.title)
+        self._live = True
+        for line in self._held:
+            self.console.line(line)
+        self._held.clear()
+
+    def end(self) -> None:
+        self.go_live()
+        self.console.close_group()
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 class _Run:
@@ -147,17 +190,29 @@ class _Run:
         self.run = run
         self.clock = clock
         self.python = ""
+        self.port = 0  # the command's end of the tunnel (the gate)
         self.runner: docker.DockerRunner | None = None
         self.image: docker.PreparedImage | None = None
+        self.main: _Started | None = None
 
-    def prepare(self) -> tunnel.Credentials:
+    @property
+    def _title(self) -> str:
         settings = self.settings
-        with self.clock.stage_of(Stage.SETTINGS):
-            credentials = tunnel.load_credentials(settings.ssh)
-            if settings.mode.on_runner and settings.command is not Command.PROBE:
-                local.check_working_directory(settings.app.working_directory)
-                if settings.command is not Command.CUSTOM:
-                    self.python = local.resolve_python(settings.app.python, settings.app.working_directory)
+        argv = command_argv(settings)
+        return " ".join(argv) if settings.command is Command.CUSTOM else f"{settings.app.python} {' '.join(argv)}"
+
+    def check_runner(self) -> None:
+        settings = self.settings
+        if settings.mode.on_runner and settings.command is not Command.PROBE:
+            local.check_working_directory(settings.app.working_directory)
+            if settings.command is not Command.CUSTOM:
+                self.python = local.resolve_python(settings.app.python, settings.app.working_directory)
+
+    def credentials(self) -> tunnel.Credentials:
+        from bastion_action import tunnel  # noqa: PLC0415 - see the module docstring
+
+        settings = self.settings
+        credentials = tunnel.load_credentials(settings.ssh)
         if settings.ssh.insecure_skip_host_key_check:
             self.console.warning(
                 "ssh-insecure-skip-host-key-check is true: the bastion's identity is not verified, so a man in "
@@ -171,22 +226,48 @@ class _Run:
             )
         return credentials
 
+    def start(self, argv: list[str], title: str, *, in_image: bool) -> _Started:
+        """Start a command now; it reaches the database through the gate only."""
+        started = _Started(self.console, title)
+        started.task = asyncio.ensure_future(self._work(argv, started, in_image=in_image))
+        return started
+
+    def _work(self, argv: list[str], started: _Started, *, in_image: bool) -> Awaitable[int]:
+        settings = self.settings
+        if in_image and self.runner is not None and self.image is not None:
+            env = command_env(settings, self.port, {})
+            labels = {"environment": settings.environment, "command": settings.command.value}
+            if settings.command is not Command.CUSTOM:
+                # In compare mode the `python` input names the runner's interpreter; the image has its own.
+                argv = [settings.app.python if settings.mode is Mode.DOCKER else "python", *argv]
+            return self.runner.run(
+                self.image, argv, env=env, labels=labels, on_line=started.on_line, tail=started.output
+            )
+        env = command_env(settings, self.port, os.environ)
+        if settings.command is not Command.CUSTOM:
+            argv = [self.python, *argv]
+        cwd = settings.app.working_directory
+        return local.run(argv, cwd=cwd, env=env, on_line=started.on_line, tail=started.output)
+
     async def connect(
         self, stack: contextlib.AsyncExitStack, credentials: tunnel.Credentials
     ) -> tuple[tunnel.Tunnel, database.Session]:
+        from bastion_action import database, tunnel  # noqa: PLC0415 - see the module docstring
+
         ssh, db, run = self.settings.ssh, self.settings.db, self.run
         with self.clock.stage_of(Stage.TUNNEL):
-            opened = await stack.enter_async_context(
-                tunnel.open_tunnel(ssh, credentials, db.host, db.port, db.local_port)
-            )
-        run.tunnel_port = opened.port
+            opened = await stack.enter_async_context(tunnel.open_tunnel(ssh, credentials, db.host, db.port))
+        run.tunnel_port = self.port  # reported once the tunnel behind it exists
+        hops = "".join(f"{hop} -> " for hop in ssh.jump_hosts)
         self.console.line(
-            f"tunnel: 127.0.0.1:{opened.port} -> {db.host}:{db.port} via {ssh.user}@{ssh.host}:{ssh.port} "
+            f"tunnel: 127.0.0.1:{self.port} -> {db.host}:{db.port} via {hops}{ssh.user}@{ssh.host}:{ssh.port} "
             f"({run.timings[Stage.TUNNEL.value]:.2f} s)"
         )
         with self.clock.stage_of(Stage.PROBE):
-            session = await stack.enter_async_context(database.session(db, opened.port, ssh.connect_timeout))
-            server = await session.describe()
+            session = await _while_tunnel_up(
+                stack.enter_async_context(database.session(db, opened.port, ssh.connect_timeout)), opened
+            )
+            server = await _while_tunnel_up(session.describe(), opened)
         run.server = server
         self.console.line(
             f"probe: PostgreSQL {server.version}, database {server.database} as {server.user}, "
@@ -195,7 +276,7 @@ class _Run:
         return opened, session
 
     async def pull(self) -> None:
-        image, runner = self.settings.image, self.runner
+        image, runner, settings = self.settings.image, self.runner, self.settings
         if runner is None or image is None:
             return
         self.run.image = str(image.reference)
@@ -214,59 +295,54 @@ class _Run:
             f"image: {image.reference} ({self.image.digest or self.image.image_id}), "
             f"{'pulled' if self.image.pulled else 'already present'} in {self.run.timings[Stage.PULL.value]:.2f} s"
         )
+        if settings.mode is Mode.DOCKER and settings.command.django:
+            # The container starts while the tunnel may still be connecting; the gate holds its connections.
+            self.main = self.start(command_argv(settings), self._title, in_image=True)
 
-    async def lock(self, session: database.Session) -> None:
+    async def lock(self, session: database.Session, opened: tunnel.Tunnel) -> None:
+        from bastion_action import database  # noqa: PLC0415 - see the module docstring
+
         settings = self.settings
         if not settings.lock:
             return
         with self.clock.stage_of(Stage.LOCK):
-            waited = await session.lock(settings.lock_timeout, self.console.line)
+            waited = await _while_tunnel_up(session.lock(settings.lock_timeout, self.console.line), opened)
         self.run.lock_wait = waited
         key1, key2 = database.lock_keys(settings.db.name)
         self.console.line(f"lock: pg_advisory_lock({key1}, {key2}) held after {waited:.2f} s")
 
-    def _work(
-        self, opened: tunnel.Tunnel, argv: list[str], output: collections.deque[str], *, in_image: bool
-    ) -> Awaitable[int]:
-        settings = self.settings
-        if in_image and self.runner is not None and self.image is not None:
-            env = command_env(settings, opened.port, {})
-            labels = {"environment": settings.environment, "command": settings.command.value}
-            if settings.command is not Command.CUSTOM:
-                # In compare mode the `python` input names the runner's interpreter; the image has its own.
-                argv = [settings.app.python if settings.mode is Mode.DOCKER else "python", *argv]
-            return self.runner.run(self.image, argv, env=env, labels=labels, on_line=self.console.line, tail=output)
-        env = command_env(settings, opened.port, os.environ)
-        if settings.command is not Command.CUSTOM:
-            argv = [self.python, *argv]
-        cwd = settings.app.working_directory
-        return local.run(argv, cwd=cwd, env=env, on_line=self.console.line, tail=output)
+    async def finish(self, started: _Started, opened: tunnel.Tunnel, *, main: bool = True) -> tuple[int, list[str]]:
+        """Show a started command's output and wait for it, watching the tunnel."""
+        assert started.task is not None  # noqa: S101 - start() sets it
+        started.go_live()
+        try:
+            code = await _while_tunnel_up(started.task, opened)
+        finally:
+            started.end()
+            if main:  # the summary shows the tail of the user's command, not of follow-ups
+                self.run.output_tail = [self.console.redact(line) for line in list(started.output)[-TAIL_LINES:]]
+        return code, list(started.output)
 
     async def execute(
-        self, opened: tunnel.Tunnel, argv: list[str], title: str, *, main: bool = True, in_image: bool | None = None
+        self, opened: tunnel.Tunnel, argv: list[str], title: str, *, in_image: bool
     ) -> tuple[int, list[str]]:
-        """Run one command, watching the tunnel; its exit code and its whole output."""
-        output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES)
-        in_image = self.settings.mode is Mode.DOCKER if in_image is None else in_image
-        try:
-            with self.console.group(title):
-                code = await _watch_command(self._work(opened, argv, output, in_image=in_image), opened)
-        finally:
-            if main:  # the summary shows the tail of the user's command, not of follow-ups
-                self.run.output_tail = [self.console.redact(line) for line in list(output)[-TAIL_LINES:]]
-        return code, list(output)
+        """A follow-up command (the gate is open): run it to the end."""
+        return await self.finish(self.start(argv, title, in_image=in_image), opened, main=False)
 
-    async def command(self, opened: tunnel.Tunnel, session: database.Session) -> None:
+    async def command(self, opened: tunnel.Tunnel, session: database.Session, gate: tunnel.Gate) -> None:
         settings, run = self.settings, self.run
         before = await session.snapshot()
-        argv = command_argv(settings)
-        shown = " ".join(argv) if settings.command is Command.CUSTOM else f"{settings.app.python} {' '.join(argv)}"
+        if self.main is None:
+            self.main = self.start(command_argv(settings), self._title, in_image=settings.mode is Mode.DOCKER)
+        # From here on the command reaches the database: the lock is held, the "before" state is known.
+        gate.open(opened, settings.db.host, settings.db.port)
         with self.clock.stage_of(Stage.COMMAND):
-            run.exit_code, output = await self.execute(opened, argv, shown)
+            run.exit_code, output = await self.finish(self.main, opened)
             if settings.mode is Mode.COMPARE and run.exit_code == 0:
-                await self.compare(opened, argv, output)
+                await self.compare(opened, output)
         if settings.command.django:
             await self.results(opened, session, before, output)
+        argv = command_argv(settings)
         if run.exit_code != 0:
             failing = f" while applying {run.failed_migration}" if run.failed_migration else ""
             raise CommandError(
@@ -283,10 +359,11 @@ class _Run:
                 exit_code=1,
             )
 
-    async def compare(self, opened: tunnel.Tunnel, argv: list[str], on_runner: list[str]) -> None:
+    async def compare(self, opened: tunnel.Tunnel, on_runner: list[str]) -> None:
         """The runner's view against the image's: the drift the lightweight recipe cannot see."""
+        argv = command_argv(self.settings)
         shown = f"in the image: python {' '.join(argv)}"
-        code, in_image = await self.execute(opened, argv, shown, main=False, in_image=True)
+        code, in_image = await self.execute(opened, argv, shown, in_image=True)
         if code != 0:
             self.run.exit_code = code
             return
@@ -323,7 +400,8 @@ class _Run:
             if run.exit_code != 0 or settings.args:
                 # A failed or targeted migrate can leave migrations behind; ask Django which.
                 argv = [settings.app.manage_py, "migrate", "--plan"]
-                code, plan_output = await self.execute(opened, argv, "what is left: migrate --plan", main=False)
+                in_image = settings.mode is Mode.DOCKER
+                code, plan_output = await self.execute(opened, argv, "what is left: migrate --plan", in_image=in_image)
                 if code == 0:
                     planned = migrations.parse_migrate_plan("\n".join(plan_output))
             apps = migrations.state_from_database(after, planned)
@@ -331,21 +409,37 @@ class _Run:
         run.pending = migrations.pending(item for items in apps.values() for item in items)
 
     async def stages(self) -> None:
-        credentials = self.prepare()
+        from bastion_action import tunnel  # noqa: PLC0415 - see the module docstring
+
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            if settings.mode.in_image and settings.command is not Command.PROBE:
-                from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
+            with self.clock.stage_of(Stage.SETTINGS):
+                sock = loopback.bind_loopback(settings.db.local_port)
+                stack.callback(sock.close)
+                self.port = int(sock.getsockname()[1])
+                self.check_runner()
+            try:
+                if settings.mode.on_runner and settings.command.django:
+                    # Django starts (interpreter, imports, settings) while the tunnel comes up.
+                    self.main = self.start(command_argv(settings), self._title, in_image=False)
+                with self.clock.stage_of(Stage.SETTINGS):
+                    credentials = self.credentials()
+                gate = await stack.enter_async_context(tunnel.gate(sock))
+                if settings.mode.in_image and settings.command is not Command.PROBE:
+                    from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
 
-                self.runner = await stack.enter_async_context(docker.connect())
-            # The recipe logs in, pulls, then tunnels; here the pull overlaps tunnel + probe.
-            (opened, session), _ = await _concurrently(self.connect(stack, credentials), self.pull())
-            if settings.command is not Command.PROBE:
-                await self.lock(session)
-                try:
-                    await self.command(opened, session)
-                finally:
-                    await session.unlock()
+                    self.runner = await stack.enter_async_context(docker.connect())
+                # The recipe logs in, pulls, then tunnels; here the pull overlaps tunnel + probe.
+                (opened, session), _ = await _concurrently(self.connect(stack, credentials), self.pull())
+                if settings.command is not Command.PROBE:
+                    await self.lock(session, opened)
+                    try:
+                        await self.command(opened, session, gate)
+                    finally:
+                        await session.unlock()
+            finally:
+                if self.main is not None:
+                    await self.main.stop()
         self.run.result = Result.SUCCESS
 
 

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncssh
+from asyncssh.forward import SSHForwarder, SSHLocalForwarder
 
 from bastion_action.errors import SettingsError, TunnelError
 from bastion_action.settings import JumpHost, SSHSettings
@@ -252,3 +253,93 @@ async def open_tunnel(
         finally:
             listener.close()
             await listener.wait_closed()
+
+
+class _GateClosedError(Exception):
+    pass
+
+
+class Gate:
+    """The command's road to the database: a local listener bound before the SSH connection exists.
+
+    The command can start at once (its interpreter, imports and settings load while the
+    tunnel, probe and lock are still under way): its connections are accepted, held, and
+    forwarded over SSH only after ``open()`` — which the pipeline calls once the migration
+    lock is held. So nothing the command does reaches the database before the lock.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.port = int(sock.getsockname()[1])
+        self._target: tuple[asyncssh.SSHClientConnection, str, int] | None = None
+        self._state = asyncio.Event()
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._forwarders: set[_GatedForwarder] = set()
+
+    def open(self, tunnel: Tunnel, db_host: str, db_port: int) -> None:
+        self._target = (tunnel.connection, db_host, db_port)
+        self._state.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._state.set()
+        for forwarder in list(self._forwarders):
+            forwarder.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _connect(
+        self, session_factory: Callable[[], SSHForwarder], *_origin: object
+    ) -> tuple[asyncssh.SSHTCPChannel[bytes], asyncssh.SSHTCPSession[bytes]]:
+        await self._state.wait()
+        if self._closed or self._target is None:
+            raise _GateClosedError
+        connection, host, port = self._target
+        return await connection.create_connection(session_factory, host, port)  # type: ignore[arg-type]
+
+    def _accepted(self, forwarder: _GatedForwarder) -> None:
+        self._forwarders.add(forwarder)
+        task = asyncio.ensure_future(forwarder.start())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _lost(self, forwarder: _GatedForwarder) -> None:
+        self._forwarders.discard(forwarder)
+
+
+class _GatedForwarder(SSHLocalForwarder):
+    """asyncssh's own local forwarder (flow control, EOF, buffering), started when the gate opens."""
+
+    def __init__(self, gate: Gate) -> None:
+        # The connection is looked up when the gate opens; asyncssh's `forward()` is not used.
+        super().__init__(None, gate._connect)  # type: ignore[arg-type]  # noqa: SLF001
+        self._gate = gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._gate._accepted(self)  # noqa: SLF001
+
+    async def start(self) -> None:
+        try:
+            await self._forward()
+        except (_GateClosedError, OSError, asyncssh.Error):
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gate._lost(self)  # noqa: SLF001
+        super().connection_lost(exc)
+
+
+@contextlib.asynccontextmanager
+async def gate(sock: socket.socket) -> AsyncIterator[Gate]:
+    """Serve a bound listening socket (bastion_action.loopback); forward through it once opened."""
+    opened = Gate(sock)
+    server = await asyncio.get_running_loop().create_server(lambda: _GatedForwarder(opened), sock=sock)
+    try:
+        yield opened
+    finally:
+        server.close()
+        opened.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 5)
