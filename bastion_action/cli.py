@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from bastion_action import pipeline, report, settings, sources
 from bastion_action.errors import SettingsError
@@ -15,10 +15,15 @@ from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult
 from bastion_action.runners import local
 
+if TYPE_CHECKING:
+    import argparse
+
 EXIT_SIGNAL_BASE = 128
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # noqa: PLC0415 - only the local CLI needs it
+
     parser = argparse.ArgumentParser(
         prog="bastion-migrate",
         description="Run database migrations through an SSH bastion. Every input of action.yml is a flag; "
@@ -35,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
     raw = settings.raw_from_environ(environ)
+    if not argv:  # the action itself passes no flags: argparse is not even imported
+        return raw
     flags = vars(_parser().parse_args(argv))
     raw.update({name: value for name, value in flags.items() if value is not None})
     return raw

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import os
 import time
 from collections.abc import Awaitable, Iterator, Mapping
@@ -249,8 +250,13 @@ class _Run:
         cwd = settings.app.working_directory
         return local.run(argv, cwd=cwd, env=env, on_line=started.on_line, tail=started.output)
 
+    @property
+    def _gate_at_tunnel(self) -> bool:
+        """A read-only command without the lock may reach the database as soon as the tunnel exists."""
+        return self.settings.command.read_only and not self.settings.lock
+
     async def connect(
-        self, stack: contextlib.AsyncExitStack, credentials: tunnel.Credentials
+        self, stack: contextlib.AsyncExitStack, credentials: tunnel.Credentials, gate: tunnel.Gate
     ) -> tuple[tunnel.Tunnel, database.Session]:
         from bastion_action import database, tunnel  # noqa: PLC0415 - see the module docstring
 
@@ -258,6 +264,8 @@ class _Run:
         with self.clock.stage_of(Stage.TUNNEL):
             opened = await stack.enter_async_context(tunnel.open_tunnel(ssh, credentials, db.host, db.port))
         run.tunnel_port = self.port  # reported once the tunnel behind it exists
+        if self._gate_at_tunnel:
+            gate.open(opened, db.host, db.port)  # the command's work overlaps the probe
         hops = "".join(f"{hop} -> " for hop in ssh.jump_hosts)
         self.console.line(
             f"tunnel: 127.0.0.1:{self.port} -> {db.host}:{db.port} via {hops}{ssh.user}@{ssh.host}:{ssh.port} "
@@ -331,7 +339,8 @@ class _Run:
 
     async def command(self, opened: tunnel.Tunnel, session: database.Session, gate: tunnel.Gate) -> None:
         settings, run = self.settings, self.run
-        before = await session.snapshot()
+        # A read-only command cannot apply anything: no "before" state is needed, and its gate may be open already.
+        before = None if settings.command.read_only else await session.snapshot()
         if self.main is None:
             self.main = self.start(command_argv(settings), self._title, in_image=settings.mode is Mode.DOCKER)
         # From here on the command reaches the database: the lock is held, the "before" state is known.
@@ -380,13 +389,17 @@ class _Run:
             )
 
     async def results(
-        self, opened: tunnel.Tunnel, session: database.Session, before: list[tuple[str, str]], output: list[str]
+        self,
+        opened: tunnel.Tunnel,
+        session: database.Session,
+        before: list[tuple[str, str]] | None,
+        output: list[str],
     ) -> None:
         """Structured results: what the database recorded, what Django printed."""
         settings, run = self.settings, self.run
         text = "\n".join(output)
         after = await session.snapshot()
-        run.applied = migrations.applied_since(before, after)
+        run.applied = [] if before is None else migrations.applied_since(before, after)
         command = settings.command
         if command is Command.SHOWMIGRATIONS:
             apps = migrations.parse_showmigrations(text)
@@ -409,8 +422,6 @@ class _Run:
         run.pending = migrations.pending(item for items in apps.values() for item in items)
 
     async def stages(self) -> None:
-        from bastion_action import tunnel  # noqa: PLC0415 - see the module docstring
-
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
             with self.clock.stage_of(Stage.SETTINGS):
@@ -423,14 +434,19 @@ class _Run:
                     # Django starts (interpreter, imports, settings) while the tunnel comes up.
                     self.main = self.start(command_argv(settings), self._title, in_image=False)
                 with self.clock.stage_of(Stage.SETTINGS):
-                    credentials = self.credentials()
+                    credentials = self.credentials()  # the first use of asyncssh: imported only now
+                from bastion_action import tunnel  # noqa: PLC0415 - see the module docstring
+
                 gate = await stack.enter_async_context(tunnel.gate(sock))
+                # asyncpg's import (~50 ms of CPU) runs in a thread while the SSH handshake waits on the network.
+                preload = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "bastion_action.database"))
+                stack.push_async_callback(asyncio.wait, [preload])
                 if settings.mode.in_image and settings.command is not Command.PROBE:
                     from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
 
                     self.runner = await stack.enter_async_context(docker.connect())
                 # The recipe logs in, pulls, then tunnels; here the pull overlaps tunnel + probe.
-                (opened, session), _ = await _concurrently(self.connect(stack, credentials), self.pull())
+                (opened, session), _ = await _concurrently(self.connect(stack, credentials, gate), self.pull())
                 if settings.command is not Command.PROBE:
                     await self.lock(session, opened)
                     try:

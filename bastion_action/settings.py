@@ -50,6 +50,11 @@ class Command(enum.StrEnum):
     def django(self) -> bool:
         return self not in {Command.PROBE, Command.CUSTOM}
 
+    @property
+    def read_only(self) -> bool:
+        """Django commands that only read the database: they cannot apply anything."""
+        return self in {Command.SHOWMIGRATIONS, Command.PLAN, Command.CHECK}
+
 
 class PullPolicy(enum.StrEnum):
     ALWAYS = "always"

@@ -33,7 +33,16 @@ publish() {
   fi
 }
 
+compile_action() {
+  # The action's own modules, byte-compiled once per checkout of it (runners may not write bytecode at
+  # run time); a read-only checkout just compiles in memory at each run, as before.
+  if [ ! -d "$root/bastion_action/__pycache__" ]; then
+    "$venv/bin/python" -m compileall -q "$root/bastion_action" >/dev/null 2>&1 || true
+  fi
+}
+
 if [ -f "$venv/.complete" ]; then
+  compile_action
   publish
   exit 0
 fi
@@ -63,6 +72,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$uv" pip install --quiet --require-hashes --compile-bytecode --python "$venv/bin/python" -r "$lock" >&2 \
     || fail "could not install the action's dependencies from requirements.txt"
   touch "$venv/.complete"
+  compile_action
   echo "bastion-migrate: built $venv in $(( ($(date +%s%N) - started_ns) / 1000000 )) ms" >&2
 fi
 publish
