@@ -1,7 +1,5 @@
 """``python -m bastion_action``: the local CLI, the same engine as the action."""
 
-import sys
+from bastion_action.cli import run_and_exit
 
-from bastion_action.cli import main
-
-sys.exit(main())
+run_and_exit()

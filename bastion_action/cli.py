@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from bastion_action import pipeline, report, settings, sources
 from bastion_action.errors import SettingsError
@@ -84,6 +84,18 @@ def _finish(console: Console, run: RunResult) -> int:
     console.set_outputs(report.outputs(run))
     console.summary(report.summary(run))
     return run.process_exit_code
+
+
+def run_and_exit() -> NoReturn:
+    """The process entry: ``main()``, then exit at once.
+
+    Everything is closed and written by then; skipping the interpreter's teardown
+    (garbage-collecting asyncssh, asyncpg, aiohttp...) saves 50-80 ms of every run.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

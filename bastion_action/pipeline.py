@@ -195,6 +195,7 @@ class _Run:
         self.runner: docker.DockerRunner | None = None
         self.image: docker.PreparedImage | None = None
         self.main: _Started | None = None
+        self.validated = asyncio.Event()  # settings fully checked: the registry may be contacted
 
     @property
     def _title(self) -> str:
@@ -291,7 +292,7 @@ class _Run:
         progress: list[str] = []
         try:
             with self.clock.stage_of(Stage.PULL):
-                self.image = await runner.prepare(image, progress.append)
+                self.image = await runner.prepare(image, progress.append, self.validated.wait)
         finally:
             # The pull overlaps the tunnel's log lines; its compact progress is shown as one group.
             if progress:
@@ -429,24 +430,32 @@ class _Run:
                 stack.callback(sock.close)
                 self.port = int(sock.getsockname()[1])
                 self.check_runner()
+            pulling: asyncio.Future[None] | None = None
             try:
                 if settings.mode.on_runner and settings.command.django:
                     # Django starts (interpreter, imports, settings) while the tunnel comes up.
                     self.main = self.start(command_argv(settings), self._title, in_image=False)
+                if settings.mode.in_image and settings.command is not Command.PROBE:
+                    from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
+
+                    self.runner = await stack.enter_async_context(docker.connect())
+                    # A present image's container starts now (the registry waits for `validated`);
+                    # the recipe logs in, pulls, then tunnels: here the pull overlaps tunnel + probe.
+                    pulling = asyncio.ensure_future(self.pull())
                 with self.clock.stage_of(Stage.SETTINGS):
-                    credentials = self.credentials()  # the first use of asyncssh: imported only now
+                    # asyncssh's import (~80 ms of CPU) in a thread, so the loop drives the pull meanwhile.
+                    await asyncio.to_thread(importlib.import_module, "bastion_action.tunnel")
+                    credentials = self.credentials()
+                self.validated.set()
                 from bastion_action import tunnel  # noqa: PLC0415 - see the module docstring
 
                 gate = await stack.enter_async_context(tunnel.gate(sock))
                 # asyncpg's import (~50 ms of CPU) runs in a thread while the SSH handshake waits on the network.
                 preload = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "bastion_action.database"))
                 stack.push_async_callback(asyncio.wait, [preload])
-                if settings.mode.in_image and settings.command is not Command.PROBE:
-                    from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
-
-                    self.runner = await stack.enter_async_context(docker.connect())
-                # The recipe logs in, pulls, then tunnels; here the pull overlaps tunnel + probe.
-                (opened, session), _ = await _concurrently(self.connect(stack, credentials, gate), self.pull())
+                (opened, session), _ = await _concurrently(
+                    self.connect(stack, credentials, gate), pulling or asyncio.sleep(0)
+                )
                 if settings.command is not Command.PROBE:
                     await self.lock(session, opened)
                     try:
@@ -454,6 +463,9 @@ class _Run:
                     finally:
                         await session.unlock()
             finally:
+                if pulling is not None and not pulling.done():
+                    pulling.cancel()
+                    await asyncio.gather(pulling, return_exceptions=True)
                 if self.main is not None:
                     await self.main.stop()
         self.run.result = Result.SUCCESS

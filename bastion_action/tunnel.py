@@ -17,6 +17,17 @@ from bastion_action.settings import JumpHost, SSHSettings
 # A dead link is declared after this many unanswered keepalives (ronf/asyncssh#471:
 # without keepalives asyncssh never notices a silently dead peer).
 KEEPALIVE_COUNT_MAX = 3
+# AES-GCM first: one AEAD call per packet in the cryptography library, where asyncssh's
+# chacha20-poly1305 makes three cipher calls and a Poly1305 per packet (bench/forward.py).
+# The rest is asyncssh's default order, so any server still finds a common cipher.
+ENCRYPTION_ALGS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +216,7 @@ async def _connect_hop(
         agent_path=None,
         keepalive_interval=ssh.keepalive_interval,
         keepalive_count_max=KEEPALIVE_COUNT_MAX,
+        encryption_algs=ENCRYPTION_ALGS,
         connect_timeout=ssh.connect_timeout,
         login_timeout=ssh.connect_timeout,
     )

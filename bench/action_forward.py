@@ -1,4 +1,4 @@
-"""The action's own forward (bastion_action.tunnel) in a process of its own, for client-side benchmarks.
+"""The action's forward as the command uses it (the gate over the SSH tunnel), in a process of its own.
 
 Prints the local port on stdout, then forwards until stdin closes.
 Usage: python bench/action_forward.py  (reads the lab from lab.json)
@@ -14,15 +14,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import action_inputs, load_lab
 
-from bastion_action import settings, tunnel
+from bastion_action import loopback, settings, tunnel
 
 
 async def main() -> None:
     lab = load_lab()
     parsed = settings.parse(action_inputs(lab, "postgres", mode="lightweight", command="probe"), environ={})
     credentials = tunnel.load_credentials(parsed.ssh)
-    async with tunnel.open_tunnel(parsed.ssh, credentials, parsed.db.host, parsed.db.port) as opened:
-        print(opened.port, flush=True)
+    sock = loopback.bind_loopback(0)
+    async with (
+        tunnel.gate(sock) as gate,
+        tunnel.open_tunnel(parsed.ssh, credentials, parsed.db.host, parsed.db.port) as opened,
+    ):
+        gate.open(opened, parsed.db.host, parsed.db.port)
+        print(gate.port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 

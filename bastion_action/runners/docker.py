@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +106,19 @@ class DockerRunner:
                 return None
             raise
 
-    async def prepare(self, image: ImageSettings, on_line: Callable[[str], None]) -> PreparedImage:
-        """Make the image present per ``pull`` policy; return its id and registry digest."""
+    async def prepare(
+        self, image: ImageSettings, on_line: Callable[[str], None], before_registry: Callable[[], Awaitable[object]]
+    ) -> PreparedImage:
+        """Make the image present per ``pull`` policy; return its id and registry digest.
+
+        ``before_registry`` is awaited before the registry is contacted (the settings are validated by then).
+        """
         reference = str(image.reference)
         try:
             present = await self._inspect(reference)
             pulled = False
             if image.pull is PullPolicy.ALWAYS or (present is None and image.pull is PullPolicy.MISSING):
+                await before_registry()
                 await self._pull(image, on_line)
                 pulled = True
                 present = await self._inspect(reference)
