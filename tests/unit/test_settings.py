@@ -203,3 +203,18 @@ def test_any_credentials_round_trip_through_the_url(password: str, user: str, na
 def test_raw_from_environ_reads_only_known_inputs() -> None:
     raw = settings.raw_from_environ({"INPUT_SSH_HOST": "h", "INPUT_SOMETHING_ELSE": "x", "HOME": "/root"})
     assert raw == {"ssh-host": "h"}
+
+
+input_names = st.sampled_from([spec.name for spec in settings.INPUTS])
+
+
+@given(raw=st.dictionaries(input_names, st.text(max_size=40), max_size=12))
+def test_any_input_either_parses_or_names_what_is_wrong(raw: dict[str, str]) -> None:
+    """Fuzzing the parser: nothing but a SettingsError (with an input's name in it) ever comes out."""
+    try:
+        settings.parse({**base_inputs(), **raw}, environ={"GITHUB_WORKSPACE": "/nonexistent-ws"})
+    except SettingsError as error:
+        message = error.message
+    else:
+        return
+    assert ":" in message, "every settings error starts with what it is about"
