@@ -81,12 +81,14 @@ def action_inputs(lab: dict[str, Any], database: str, **extra: str) -> dict[str,
     }
 
 
-def run_action(python: str, inputs: dict[str, str]) -> None:
+def run_action(python: str, inputs: dict[str, str]) -> str:
+    """One run of the action as its composite step runs it (off GitHub: it prints its summary); its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INPUT_", "GITHUB_"))}
     env.update({"INPUT_" + k.upper().replace("-", "_"): v for k, v in inputs.items()})
     done = subprocess.run([python, str(ROOT / "entrypoint.py")], env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"the action failed:\n{done.stdout[-3000:]}")
+    return done.stdout
 
 
 def timed(function: Callable[[], object]) -> float:

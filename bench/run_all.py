@@ -1,0 +1,40 @@
+"""Every benchmark against the lab, then the table of figures (ratios measured in one run each).
+
+Run: `python bench/run_all.py [--runs N]` (the lab must be up: `bash tests/lab/up.sh`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ("lightweight.py", "docker_mode.py", "forward.py", "setup_cost.py")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=7)
+    options = parser.parse_args()
+    figures: list[str] = []
+    for script in BENCHMARKS:
+        runs = str(min(options.runs, 5)) if script in {"docker_mode.py", "forward.py"} else str(options.runs)
+        done = subprocess.run(
+            [sys.executable, str(HERE / script), "--runs", runs], cwd=HERE, capture_output=True, text=True, check=False
+        )
+        print(done.stdout, end="")
+        if done.returncode:
+            print(done.stderr, file=sys.stderr)
+            figures.append(f"  {script}: FAILED (exit {done.returncode})")
+            continue
+        figures += [line for line in done.stdout.splitlines() if line.lstrip().startswith(("RATIO", "OVERLAP"))]
+    print("\nAll figures:")
+    print("\n".join(figures))
+    print("  fan-out (10 databases over one SSH connection): not implemented yet")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
