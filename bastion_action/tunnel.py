@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Callable
 import asyncssh
 from asyncssh.forward import SSHForwarder, SSHLocalForwarder
 
-from bastion_action.errors import SettingsError, TunnelError
+from bastion_action import loopback
+from bastion_action.errors import ActionError, ProbeError, SettingsError, TunnelError
 from bastion_action.settings import JumpHost, SSHSettings
 
 # A dead link is declared after this many unanswered keepalives (ronf/asyncssh#471:
@@ -58,6 +59,7 @@ def load_credentials(ssh: SSHSettings) -> Credentials:
         client_keys = [key]
     known_hosts = None
     if not ssh.insecure_skip_host_key_check:
+        _check_known_hosts(ssh.known_hosts or "")
         try:
             known_hosts = asyncssh.import_known_hosts(ssh.known_hosts or "")
         except (ValueError, asyncssh.KeyImportError) as exc:
@@ -66,6 +68,29 @@ def load_credentials(ssh: SSHSettings) -> Credentials:
                 hint="Use the output of `ssh-keyscan -p PORT HOST` as it is.",
             ) from None
     return Credentials(client_keys=client_keys, known_hosts=known_hosts)
+
+
+def _check_known_hosts(text: str) -> None:
+    """Every line must be a known_hosts entry: asyncssh skips malformed lines silently, and then trusts nothing."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        fields = raw.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if fields[0].startswith("@"):  # @cert-authority / @revoked markers
+            fields = fields[1:]
+        problem = None
+        if len(fields) < 3:  # noqa: PLR2004 - hosts, key type, key
+            problem = "expected 'HOSTS KEYTYPE BASE64KEY'"
+        else:
+            try:
+                asyncssh.import_public_key(f"{fields[1]} {fields[2]}")
+            except (asyncssh.KeyImportError, ValueError) as exc:
+                problem = f"the key does not parse ({exc})"
+        if problem:
+            raise SettingsError(
+                f"ssh-known-hosts: line {number}: {problem}",
+                hint="Use the output of `ssh-keyscan -p PORT HOST` as it is (one entry per line).",
+            )
 
 
 class _Client(asyncssh.SSHClient):
@@ -84,12 +109,46 @@ class _Client(asyncssh.SSHClient):
 class Tunnel:
     """An open forward: ``127.0.0.1:port`` reaches the database through the bastion.
 
-    ``connection`` is the bastion's; ``hops`` are the jump hosts' connections it runs over, in order.
+    ``connection`` is the bastion's; ``hops`` are the jump hosts' connections it runs over, in order;
+    ``forwards`` serves ``port`` (it remembers why the bastion refused a forwarded connection).
     """
 
     port: int
     connection: asyncssh.SSHClientConnection
     hops: tuple[asyncssh.SSHClientConnection, ...] = ()
+    forwards: Gate | None = None
+
+    def forward_failure(self) -> ActionError | None:
+        """Why the bastion did not connect the last connection made to ``port``, translated; None if it did.
+
+        sshd checks forwarding only when a connection goes through the forward, and answers with
+        a channel-open failure: "administratively prohibited" (AllowTcpForwarding, PermitOpen) or
+        "connect failed" (nothing listens at db-host:db-port, as seen from the bastion).
+        """
+        gate = self.forwards
+        if gate is None or gate.refusal is None or gate.target is None:
+            return None
+        refusal, (host, port) = gate.refusal, gate.target
+        if refusal.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+            return TunnelError(
+                f"the bastion refused to forward to {host}:{port} (administratively prohibited: {refusal.reason})",
+                hint="The bastion's sshd must allow TCP forwarding for ssh-user to the database: "
+                "AllowTcpForwarding yes (or local) and, if PermitOpen is set, db-host:db-port in it, "
+                "written as in db-host.",
+                anchor="forward-refused",
+            )
+        if refusal.code == asyncssh.OPEN_CONNECT_FAILED:
+            return ProbeError(
+                f"the bastion cannot reach the database at {host}:{port}: {refusal.reason}",
+                hint="Check db-host and db-port as the bastion sees them (`nc -vz DB-HOST DB-PORT` on the bastion), "
+                "that the database is running, and that no firewall between the bastion and it rejects the bastion.",
+                anchor="database-unreachable",
+            )
+        return ProbeError(
+            f"the bastion could not open a connection to {host}:{port}: {refusal.reason}",
+            hint="The bastion's sshd refused the forwarded connection; see its log (LogLevel VERBOSE).",
+            anchor="database-unreachable",
+        )
 
     async def wait_closed(self) -> None:
         """Return when any SSH connection of the chain ends (closed, dropped, or keepalive timeout)."""
@@ -250,21 +309,13 @@ async def open_tunnel(
     """Connect to the bastion (through any jump hosts) and forward ``127.0.0.1:<port>`` to ``db_host:db_port``."""
     async with contextlib.AsyncExitStack() as stack:
         *hops, connection = await _connect_chain(ssh, credentials, stack)
-        try:
-            listener = await connection.forward_local_port("127.0.0.1", local_port, db_host, db_port)
-        except OSError as exc:
-            msg = f"cannot listen on 127.0.0.1:{local_port} ({exc.strerror})"
-            raise TunnelError(msg, hint="Leave local-port at 0 to get a free port.") from exc
-        except asyncssh.Error as exc:
-            raise TunnelError(
-                f"the bastion refused to forward to {db_host}:{db_port}: {exc.reason}",
-                hint="The bastion must allow TCP forwarding (AllowTcpForwarding, PermitOpen) to the database.",
-            ) from exc
-        try:
-            yield Tunnel(port=listener.get_port(), connection=connection, hops=tuple(hops))
-        finally:
-            listener.close()
-            await listener.wait_closed()
+        # A gate opened at once rather than asyncssh's forward_local_port: the same forwarder,
+        # but a refused channel's reason is kept (forward_local_port's listener swallows it).
+        sock = loopback.bind_loopback(local_port)
+        stack.callback(sock.close)
+        forwards = await stack.enter_async_context(gate(sock))
+        forwards.open_to(connection, db_host, db_port)
+        yield Tunnel(port=forwards.port, connection=connection, hops=tuple(hops), forwards=forwards)
 
 
 class _GateClosedError(Exception):
@@ -285,13 +336,21 @@ class Gate:
         self.port = int(sock.getsockname()[1])
         self._target: tuple[asyncssh.SSHClientConnection, str, int] | None = None
         self._state = asyncio.Event()
+        self.refusal: asyncssh.ChannelOpenError | None = None  # since the last channel the bastion opened
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._forwarders: set[_GatedForwarder] = set()
 
     def open(self, tunnel: Tunnel, db_host: str, db_port: int) -> None:
-        self._target = (tunnel.connection, db_host, db_port)
+        self.open_to(tunnel.connection, db_host, db_port)
+
+    def open_to(self, connection: asyncssh.SSHClientConnection, db_host: str, db_port: int) -> None:
+        self._target = (connection, db_host, db_port)
         self._state.set()
+
+    @property
+    def target(self) -> tuple[str, int] | None:
+        return None if self._target is None else self._target[1:]
 
     def close(self) -> None:
         self._closed = True
@@ -308,7 +367,14 @@ class Gate:
         if self._closed or self._target is None:
             raise _GateClosedError
         connection, host, port = self._target
-        return await connection.create_connection(session_factory, host, port)  # type: ignore[arg-type]
+        try:
+            opened: tuple[asyncssh.SSHTCPChannel[bytes], asyncssh.SSHTCPSession[bytes]]
+            opened = await connection.create_connection(session_factory, host, port)  # type: ignore[arg-type]
+        except asyncssh.ChannelOpenError as exc:
+            self.refusal = exc
+            raise
+        self.refusal = None
+        return opened
 
     def _accepted(self, forwarder: _GatedForwarder) -> None:
         self._forwarders.add(forwarder)
