@@ -108,8 +108,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except SettingsError as exc:
         run = RunResult(
             environment=raw.get("environment", ""),
-            mode=raw.get("mode", "") or "?",
-            command=raw.get("command", "") or "?",
+            mode=raw.get("mode", "").strip() or settings.INPUTS_BY_NAME["mode"].default,
+            command=raw.get("command", "").strip() or settings.INPUTS_BY_NAME["command"].default,
             error=exc,
         )
         return _finish(console, run)

@@ -335,11 +335,19 @@ class _Reader:
     def optional(self, name: str) -> str | None:
         return self.text(name) or None
 
+    def unset_secrets(self, *names: str) -> str:
+        """`` (secrets A and B are not set)`` for inputs the secrets-by-prefix layer looked for; else ''."""
+        secrets = [self._secret_names[name] for name in names if name in self._secret_names]
+        if not secrets:
+            return ""
+        if len(secrets) == 1:
+            return f" (secret {secrets[0]} is not set)"
+        return f" (secrets {' and '.join(secrets)} are not set)"
+
     def required(self, name: str, what: str) -> str:
         value = self.text(name)
         if not value.strip():
-            secret = self._secret_names.get(name)
-            unset = f" (secret {secret} is not set)" if secret else ""
+            unset = self.unset_secrets(name)
             raise SettingsError(
                 f"{name}: required, expected {what}, got nothing{unset}",
                 hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
@@ -413,7 +421,8 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
     private_key = read.optional("ssh-private-key")
     if not password and not private_key:
         raise SettingsError(
-            "ssh-password or ssh-private-key: one is required, got neither",
+            "ssh-password or ssh-private-key: one is required, got neither"
+            + read.unset_secrets("ssh-password", "ssh-private-key"),
             hint="Give the bastion user's password or private key (as text).",
         )
     fingerprints = tuple(
@@ -428,7 +437,8 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
     insecure = read.boolean("ssh-insecure-skip-host-key-check")
     if not (known_hosts or fingerprints or insecure):
         raise SettingsError(
-            "ssh-known-hosts or ssh-host-fingerprint: one is required to verify the bastion, got neither",
+            "ssh-known-hosts or ssh-host-fingerprint: one is required to verify the bastion, got neither"
+            + read.unset_secrets("ssh-known-hosts"),
             hint="Run `ssh-keyscan -p PORT HOST` from a trusted network and store its output in ssh-known-hosts.",
         )
     user = read.required("ssh-user", "the user on the bastion")
@@ -480,12 +490,20 @@ def _app_settings(read: _Reader, environ: Mapping[str, str]) -> AppSettings:
     )
 
 
-def _image_settings(read: _Reader, pull: PullPolicy) -> ImageSettings:
+def _is_digitalocean(registry: str) -> bool:
+    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
+    return host == "registry.digitalocean.com" or host.endswith(".digitalocean.com")
+
+
+def _image_settings(read: _Reader, pull: PullPolicy, *, token_filled: bool) -> ImageSettings:
     reference = parse_image_reference(read.required("image", "the image to run the command in"), read.text("image-tag"))
     registry = read.text("registry") or reference.registry
     if not re.fullmatch(_DOMAIN, registry):
         raise input_error("registry", "a registry host[:port], like registry.digitalocean.com", registry)
     username, password = read.optional("registry-username"), read.optional("registry-password")
+    if token_filled and not _is_digitalocean(registry):
+        # DO_ACCESS_TOKEN is DigitalOcean's; it is never sent to another registry.
+        username = password = None
     if bool(username) != bool(password):
         raise SettingsError(
             "registry-username and registry-password: expected both or neither, got only "
@@ -527,7 +545,11 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     db = _db_settings(read)
     app = _app_settings(read, environ)
     pull = read.choice("pull", PullPolicy)  # validated in every mode: a typo must not wait for docker mode
-    image = _image_settings(read, pull) if mode.in_image and command is not Command.PROBE else None
+    image = (
+        _image_settings(read, pull, token_filled=layered.registry_token)
+        if mode.in_image and command is not Command.PROBE
+        else None
+    )
     if mode is Mode.COMPARE and command is not Command.SHOWMIGRATIONS:
         raise input_error("command", "showmigrations with mode: compare", command.value)
     secret_values = [ssh.password, ssh.private_key, ssh.passphrase, db.password, app.secret_key]

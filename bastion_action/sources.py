@@ -90,6 +90,7 @@ class Layered:
     values: dict[str, str]
     secret_names: dict[str, str]  # input -> the secret that would have filled it, e.g. ssh-host -> UAT_HOST
     secret_values: list[str]  # every value taken from secrets: all are masked
+    registry_token: bool = False  # registry-username/-password came from DO_ACCESS_TOKEN
 
 
 def default_prefix(environment: str) -> str:
@@ -235,7 +236,14 @@ def layer(explicit: Mapping[str, str], environ: Mapping[str, str]) -> Layered:
     )
     values = {**from_file, **from_secrets, **given}
     values.pop("secrets", None)
-    return Layered(values=values, secret_names=secret_names, secret_values=list(from_secrets.values()))
+    token = source.get(REGISTRY_TOKEN, "").strip()
+    registry_token = bool(token) and "registry-password" not in given and "registry-username" not in given
+    return Layered(
+        values=values,
+        secret_names=secret_names,
+        secret_values=list(from_secrets.values()),
+        registry_token=registry_token,
+    )
 
 
 def early_masks(explicit: Mapping[str, str], environ: Mapping[str, str]) -> list[str]:

@@ -157,3 +157,29 @@ def test_early_masks_cover_the_whole_json_before_validation() -> None:
     assert sources.early_masks({"environment": "uat"}, TEAM_SECRETS) == [
         value for key, value in TEAM_SECRETS.items() if key.startswith("UAT_")
     ] + ["dop_v1_token", "dop_v1_token"]
+
+
+def test_do_token_is_only_sent_to_digitalocean(tmp_path: Path) -> None:
+    environ = workspace(tmp_path, "")
+    raw = {"environment": "uat", "secrets": json.dumps(TEAM_SECRETS), "mode": "docker"}
+    raw |= {"ssh-host-fingerprint": FINGERPRINT, "image": "ghcr.io/team/app:v1"}
+    elsewhere = settings.parse(raw, environ=environ)
+    assert elsewhere.image is not None
+    assert elsewhere.image.username is None
+    assert elsewhere.image.password is None
+    on_do = settings.parse({**raw, "image": "registry.digitalocean.com/team/app:v1"}, environ=environ)
+    assert on_do.image is not None
+    assert on_do.image.password == "dop_v1_token"
+
+
+def test_either_or_errors_name_the_unset_secrets(tmp_path: Path) -> None:
+    environ = workspace(tmp_path, "")
+    team = {k: v for k, v in TEAM_SECRETS.items() if k != "UAT_SSH_PASSWORD"}
+    with pytest.raises(SettingsError) as info:
+        settings.parse({"environment": "uat", "secrets": json.dumps(team)}, environ=environ)
+    assert info.value.message.endswith("(secrets UAT_SSH_PASSWORD and UAT_SSH_PRIVATE_KEY are not set)")
+    with pytest.raises(SettingsError) as info:
+        settings.parse(
+            {"environment": "uat", "secrets": json.dumps(TEAM_SECRETS), "mode": "lightweight"}, environ=environ
+        )
+    assert info.value.message.endswith("(secret UAT_SSH_KNOWN_HOSTS is not set)")
