@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
-from bastion_action.errors import LockError, ProbeError
+from bastion_action.errors import ActionError, LockError, ProbeError
 from bastion_action.report import ServerInfo
 from bastion_action.settings import DatabaseSettings
 
@@ -54,7 +54,14 @@ def _fatal(exc: BaseException, db: DatabaseSettings) -> ProbeError | None:
     return None
 
 
-async def _connect_with_retries(db: DatabaseSettings, port: int, timeout: float) -> asyncpg.Connection:
+def _unexplained() -> ActionError | None:
+    return None
+
+
+async def _connect_with_retries(
+    db: DatabaseSettings, port: int, timeout: float, explain: Callable[[], ActionError | None]
+) -> asyncpg.Connection:
+    """Connect, retrying transient failures; ``explain`` may tell (at once) why the tunnel carried nothing."""
     last: BaseException | None = None
     for attempt in range(PROBE_ATTEMPTS):
         if attempt:
@@ -62,15 +69,18 @@ async def _connect_with_retries(db: DatabaseSettings, port: int, timeout: float)
         try:
             return await connect(db, port, timeout)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            fatal = _fatal(exc, db)
+            fatal = _fatal(exc, db) or explain()
             if fatal:
                 raise fatal from exc
             last = exc
-    reason = f"{type(last).__name__}: {last}" if last else "no answer"
+    if isinstance(last, TimeoutError):
+        reason = f"each attempt timed out after {timeout:g} s (connect-timeout)"
+    else:
+        reason = f"{type(last).__name__}: {last}" if last else "no answer"
     raise ProbeError(
         f"no database answered at {db.host}:{db.port} through the tunnel after {PROBE_ATTEMPTS} attempts ({reason})",
-        hint="Check db-host and db-port as seen from the bastion, that the database is up, "
-        "and that the bastion may forward to it (AllowTcpForwarding / PermitOpen).",
+        hint="Check db-host and db-port as seen from the bastion, that the database is up and accepts "
+        "connections from the bastion, and db-sslmode.",
         anchor="database-unreachable",
     ) from last
 
@@ -173,9 +183,15 @@ class Session:
 
 
 @contextlib.asynccontextmanager
-async def session(db: DatabaseSettings, port: int, timeout: float) -> AsyncIterator[Session]:
-    """A connection through the tunnel, opened with bounded retries, closed (lock released) on exit."""
-    connection = await _connect_with_retries(db, port, timeout)
+async def session(
+    db: DatabaseSettings, port: int, timeout: float, explain: Callable[[], ActionError | None] = _unexplained
+) -> AsyncIterator[Session]:
+    """A connection through the tunnel, opened with bounded retries, closed (lock released) on exit.
+
+    ``explain`` is asked after a failed attempt: an error it returns (e.g. the bastion refused the
+    forwarded connection) ends the retries at once.
+    """
+    connection = await _connect_with_retries(db, port, timeout, explain)
     opened = Session(connection, db, timeout)
     try:
         yield opened

@@ -63,10 +63,11 @@ class _Clock:
         self.run = run
         self.active: list[Stage] = []
         self.last = Stage.SETTINGS
+        self.interrupted: Stage | None = None  # the first stage a timeout or cancel unwound
 
     @property
     def stage(self) -> Stage:
-        return self.active[0] if self.active else self.last
+        return self.active[0] if self.active else self.interrupted or self.last
 
     @contextlib.contextmanager
     def stage_of(self, stage: Stage) -> Iterator[None]:
@@ -75,6 +76,9 @@ class _Clock:
         started = time.perf_counter()
         try:
             yield
+        except (asyncio.CancelledError, TimeoutError):
+            self.interrupted = self.interrupted or stage
+            raise
         finally:
             self.active.remove(stage)
             self.run.timings[stage.value] = self.run.timings.get(stage.value, 0.0) + time.perf_counter() - started
@@ -274,7 +278,10 @@ class _Run:
         )
         with self.clock.stage_of(Stage.PROBE):
             session = await _while_tunnel_up(
-                stack.enter_async_context(database.session(db, opened.port, ssh.connect_timeout)), opened
+                stack.enter_async_context(
+                    database.session(db, opened.port, ssh.connect_timeout, explain=opened.forward_failure)
+                ),
+                opened,
             )
             server = await _while_tunnel_up(session.describe(), opened)
         run.server = server

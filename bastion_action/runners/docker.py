@@ -24,6 +24,7 @@ REMOVE_TIMEOUT_SECONDS = 20.0
 # Layer states worth a line each; byte-level "Downloading"/"Extracting" progress is dropped.
 _LAYER_STATES = frozenset({"Pulling fs layer", "Already exists", "Download complete", "Pull complete"})
 _CONTAINER_ID = re.compile(r"/(?:docker/)?containers/([0-9a-f]{64})/")
+_CANNOT_CONNECT = 900  # aiodocker's status for "Cannot connect to Docker Engine" (an aiohttp connection error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +71,12 @@ class DockerRunner:
 
     @property
     def daemon(self) -> str:
-        return str(self.docker.docker_host)
+        # docker_host reads "unix://localhost" for any socket; the address as configured is kept aside.
+        return str(getattr(self.docker, "_connection_info", None) or self.docker.docker_host)
 
-    def _unreachable(self, exc: BaseException) -> PullError:
+    def _unreachable(self, exc: BaseException | str) -> PullError:
+        if isinstance(exc, str) and exc.endswith("]") and " [" in exc:
+            exc = exc.partition(" [")[2][:-1]  # aiodocker's "Cannot connect to Docker Engine via X [reason]"
         return PullError(
             f"cannot reach the Docker daemon at {self.daemon}: {exc}",
             hint="Start the Docker engine on the runner, or point DOCKER_HOST at it.",
@@ -125,6 +129,8 @@ class DockerRunner:
         except aiodocker.DockerStreamError as exc:
             raise _classify(exc.message, reference, image.registry) from exc
         except aiodocker.DockerError as exc:
+            if exc.status == _CANNOT_CONNECT:
+                raise self._unreachable(exc.message) from exc
             raise _classify(f"{exc.status} {exc.message}", reference, image.registry) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise self._unreachable(exc) from exc
@@ -177,6 +183,9 @@ class DockerRunner:
         try:
             container = await self.docker.containers.create(config=config, name=name)
         except aiodocker.DockerError as exc:
+            if exc.status == _CANNOT_CONNECT:
+                unreachable = self._unreachable(exc.message)
+                raise CommandError(unreachable.message, hint=unreachable.hint, anchor="docker-daemon") from exc
             raise CommandError(f"cannot create the container: {exc.message}", hint="See the Docker message.") from exc
         except (aiohttp.ClientError, OSError) as exc:
             unreachable = self._unreachable(exc)

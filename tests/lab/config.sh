@@ -23,6 +23,9 @@
 : "${LAB_JUMP_IP:=${LAB_JUMP_NET}.2}"            # jump, runner side
 : "${LAB_JUMP_INNER_IP:=${LAB_INNER_NET}.1}"     # jump, bastion side
 : "${LAB_BASTION_INNER_IP:=${LAB_INNER_NET}.2}"  # bastion, jump side (its second address)
+# Fault injection (tests/integration/test_faults.py): an address of the bastion whose
+# packets the bastion silently drops (a blackholed host: a TCP connect hangs).
+: "${LAB_BLACKHOLE_IP:=${LAB_RUNNER_NET}.3}"
 
 # Namespaces and veths (interface names: 15 characters at most).
 : "${LAB_BASTION_NS:=${LAB_PREFIX}-bastion}"
@@ -44,6 +47,11 @@
 : "${LAB_SSH_KEY_USER:=${LAB_PREFIX}-key}"
 : "${LAB_SSH_KEY_PASSPHRASE:=key pass:phrase@42!}"
 : "${LAB_JUMP_SSH_PORT:=22}"                      # jump sshd (same users and keys as the bastion)
+# A second sshd on the bastion (same host key, users and keys) for faults: on
+# LAB_NOFORWARD_PORT it refuses every forward (AllowTcpForwarding no); on
+# LAB_KEEPALIVE_PORT it forwards and drops a silent client after ~2 s (ClientAlive*).
+: "${LAB_NOFORWARD_PORT:=2222}"
+: "${LAB_KEEPALIVE_PORT:=2223}"
 
 # PostgreSQL
 : "${LAB_PG_BIN:=/usr/lib/postgresql/15/bin}"
@@ -52,6 +60,8 @@
 : "${LAB_DB_USER:=migrator}"
 : "${LAB_DB_PASSWORD:=Mi:gr@te/#%pw 1}"
 : "${LAB_DB_MAX_CONNECTIONS:=200}"
+: "${LAB_DB_CLOSED_PORT:=5433}"   # nothing listens there on the private host (a database that is down)
+: "${LAB_DB_SILENT_PORT:=5439}"   # the private host drops packets to it (a database that never answers)
 
 # Registry (TLS from a lab CA, htpasswd auth) on the host side of the veth:
 # not on 127.0.0.0/8, which dockerd treats as an insecure registry.
@@ -85,6 +95,7 @@ LAB_APT_PACKAGES=(openssh-server postgresql docker.io docker-registry apache2-ut
 # Derived paths (not meant to be overridden one by one).
 LAB_SSH_DIR="$LAB_DIR/ssh"
 LAB_JUMP_SSH_DIR="$LAB_SSH_DIR/jump"
+LAB_FAULT_SSH_DIR="$LAB_SSH_DIR/faults"
 LAB_PG_DIR="$LAB_DIR/postgres"
 LAB_PG_DATA="$LAB_PG_DIR/data"
 LAB_PG_SOCKET_DIR="$LAB_PG_DIR/run"

@@ -22,6 +22,7 @@ esac
 stop_sshd() {
     stop_pidfile "$LAB_SSH_DIR/sshd.pid"
     stop_pidfile "$LAB_JUMP_SSH_DIR/sshd.pid"
+    stop_pidfile "$LAB_FAULT_SSH_DIR/sshd.pid"
 }
 stop_registry() { stop_pidfile "$LAB_REGISTRY_DIR/registry.pid"; }
 

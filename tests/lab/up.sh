@@ -383,6 +383,85 @@ EOF
         { tail -n 20 "$dir/sshd.log" >&2; return 1; }
 }
 
+# ------------------------------------------------------------------ faults --
+# What tests/integration/test_faults.py injects; nothing here touches the
+# bastion's main sshd, PostgreSQL or the registry.
+
+# ns_drop NS RULE...: an iptables INPUT DROP rule in namespace NS, added once.
+ns_drop() {
+    local ns=$1
+    shift
+    ip netns exec "$ns" iptables -w -C INPUT "$@" -j DROP 2>/dev/null ||
+        ip netns exec "$ns" iptables -w -A INPUT "$@" -j DROP
+}
+
+setup_fault_network() {
+    # A blackholed bastion address: it answers ARP (so the runner's kernel does not
+    # report "no route" after 3 s) but the bastion drops every packet to it.
+    ip -n "$LAB_BASTION_NS" addr replace "$LAB_BLACKHOLE_IP/24" dev "$LAB_VETH_BASTION_UP"
+    ns_drop "$LAB_BASTION_NS" -d "$LAB_BLACKHOLE_IP"
+    # A database port that never answers (SYNs dropped on the private host).
+    ns_drop "$LAB_PRIVATE_NS" -p tcp -d "$LAB_DB_HOST" --dport "$LAB_DB_SILENT_PORT"
+}
+
+fault_sshd_running() { pidfile_alive "$LAB_FAULT_SSH_DIR/sshd.pid"; }
+fault_banners_ok() {
+    ssh_banner_ok "$LAB_BASTION_IP" "$LAB_NOFORWARD_PORT" && ssh_banner_ok "$LAB_BASTION_IP" "$LAB_KEEPALIVE_PORT"
+}
+
+setup_fault_ssh() {
+    local changed=0 dir=$LAB_FAULT_SSH_DIR
+    install -d -m 0711 "$dir"
+    # A client key that is in nobody's authorized_keys.
+    keygen "$LAB_SSH_DIR/client_unauthorized_ed25519"
+    known_hosts_line "$LAB_SSH_DIR/ssh_host_ed25519_key.pub" "$LAB_BASTION_IP" "$LAB_NOFORWARD_PORT" |
+        write_if_changed "$dir/noforward_known_hosts" 0644 || true
+    known_hosts_line "$LAB_SSH_DIR/ssh_host_ed25519_key.pub" "$LAB_BASTION_IP" "$LAB_KEEPALIVE_PORT" |
+        write_if_changed "$dir/keepalive_known_hosts" 0644 || true
+    write_if_changed "$dir/sshd_config" 0600 <<EOF && changed=1
+# Written by tests/lab/up.sh: the bastion's fault-injection sshd (netns $LAB_BASTION_NS).
+ListenAddress $LAB_BASTION_IP:$LAB_NOFORWARD_PORT
+ListenAddress $LAB_BASTION_IP:$LAB_KEEPALIVE_PORT
+HostKey $LAB_SSH_DIR/ssh_host_ed25519_key
+PidFile $dir/sshd.pid
+UsePAM no
+PasswordAuthentication yes
+PubkeyAuthentication yes
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowTcpForwarding yes
+PermitTTY no
+X11Forwarding no
+AuthorizedKeysFile $LAB_SSH_DIR/authorized_keys/%u
+StrictModes no
+AllowUsers $LAB_SSH_PASSWORD_USER $LAB_SSH_KEY_USER
+MaxStartups 200
+MaxSessions 200
+LogLevel VERBOSE
+# A silent client is dropped after about 2 s (the bastion's own dead-peer detection).
+ClientAliveInterval 1
+ClientAliveCountMax 2
+Match LocalPort $LAB_NOFORWARD_PORT
+    AllowTcpForwarding no
+EOF
+    install -d -m 0755 /run/sshd
+    /usr/sbin/sshd -t -f "$dir/sshd_config"
+    if fault_sshd_running && ((changed)); then
+        log "    configuration changed: restarting the fault sshd"
+        stop_pidfile "$dir/sshd.pid"
+    fi
+    if fault_sshd_running && fault_banners_ok; then
+        log "    fault sshd already running"
+        return 0
+    fi
+    stop_pidfile "$dir/sshd.pid"
+    log "    starting the fault sshd in $LAB_BASTION_NS (log: $dir/sshd.log)"
+    ip netns exec "$LAB_BASTION_NS" setsid /usr/sbin/sshd -D -f "$dir/sshd_config" \
+        -E "$dir/sshd.log" </dev/null >/dev/null 2>&1 &
+    wait_until "$LAB_START_TIMEOUT" "sshd banners on $LAB_BASTION_IP:$LAB_NOFORWARD_PORT,$LAB_KEEPALIVE_PORT" \
+        fault_banners_ok || { tail -n 20 "$dir/sshd.log" >&2; return 1; }
+}
+
 # ---------------------------------------------------------------- registry --
 
 registry_status() {
@@ -645,6 +724,7 @@ import json, os
 e = os.environ
 ssh = e["LAB_SSH_DIR"]
 jump = e["LAB_JUMP_SSH_DIR"]
+faults = e["LAB_FAULT_SSH_DIR"]
 def read(path):
     with open(path) as f:
         return f.read().strip()
@@ -674,6 +754,16 @@ info = {
     "jump_sshd_log": f"{jump}/sshd.log",
     "bastion_inner_host": e["LAB_BASTION_INNER_IP"],
     "bastion_inner_known_hosts": read(f"{ssh}/bastion_inner_known_hosts"),
+    "ssh_unauthorized_key_path": f"{ssh}/client_unauthorized_ed25519",
+    "blackhole_host": e["LAB_BLACKHOLE_IP"],
+    "noforward_port": int(e["LAB_NOFORWARD_PORT"]),
+    "noforward_known_hosts": read(f"{faults}/noforward_known_hosts"),
+    "keepalive_port": int(e["LAB_KEEPALIVE_PORT"]),
+    "keepalive_known_hosts": read(f"{faults}/keepalive_known_hosts"),
+    "fault_sshd_pidfile": f"{faults}/sshd.pid",
+    "fault_sshd_log": f"{faults}/sshd.log",
+    "db_closed_port": int(e["LAB_DB_CLOSED_PORT"]),
+    "db_silent_port": int(e["LAB_DB_SILENT_PORT"]),
     "sshd_log": f"{ssh}/sshd.log",
     "sshd_pidfile": f"{ssh}/sshd.pid",
     "db_host": e["LAB_DB_HOST"],
@@ -723,6 +813,8 @@ export_for_info() {
     LAB_FP=$(fingerprint "$LAB_SSH_DIR/ssh_host_ed25519_key.pub")
     LAB_WRONG_FP=$(fingerprint "$LAB_SSH_DIR/wrong_host_ed25519_key.pub")
     LAB_JUMP_FP=$(fingerprint "$LAB_JUMP_SSH_DIR/ssh_host_ed25519_key.pub")
+    export LAB_FAULT_SSH_DIR LAB_BLACKHOLE_IP LAB_NOFORWARD_PORT LAB_KEEPALIVE_PORT LAB_DB_CLOSED_PORT \
+        LAB_DB_SILENT_PORT
     export LAB_JUMP_FP LAB_JUMP_NS LAB_JUMP_IP LAB_JUMP_SSH_PORT LAB_JUMP_SSH_DIR LAB_BASTION_INNER_IP
     export LAB_FP LAB_WRONG_FP LAB_DIR LAB_BASTION_NS LAB_PRIVATE_NS LAB_BASTION_IP LAB_SSH_PORT \
         LAB_SSH_PASSWORD_USER LAB_SSH_PASSWORD LAB_SSH_KEY_USER LAB_SSH_KEY_PASSPHRASE LAB_SSH_DIR \
@@ -744,6 +836,9 @@ main() {
     step "postgresql ($LAB_PRIVATE_NS $LAB_DB_HOST:$LAB_DB_PORT)" setup_postgres
     step "sshd ($LAB_BASTION_NS $LAB_BASTION_IP:$LAB_SSH_PORT, $LAB_BASTION_INNER_IP:$LAB_SSH_PORT)" setup_ssh
     step "jump sshd ($LAB_JUMP_NS $LAB_JUMP_IP:$LAB_JUMP_SSH_PORT)" setup_jump_ssh
+    step "fault injection: blackholed $LAB_BLACKHOLE_IP, silent db port $LAB_DB_SILENT_PORT" setup_fault_network
+    step "fault sshd ($LAB_BASTION_NS $LAB_BASTION_IP:$LAB_NOFORWARD_PORT no forwarding, :$LAB_KEEPALIVE_PORT)" \
+        setup_fault_ssh
     step "registry ($LAB_REGISTRY)" setup_registry
     step "runner django venv" setup_venv
     step "base image ($LAB_BASE_IMAGE)" base_image
