@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import importlib
 import os
 import time
@@ -36,7 +37,7 @@ from bastion_action.errors import (
 from bastion_action.gha import Console
 from bastion_action.report import TAIL_LINES, Result, RunResult
 from bastion_action.runners import local
-from bastion_action.settings import Command, Mode, Settings
+from bastion_action.settings import Command, DatabaseSettings, Mode, Settings
 
 if TYPE_CHECKING:
     from bastion_action import database, tunnel
@@ -158,6 +159,7 @@ class _Started:
         self.task: asyncio.Future[int] | None = None
         self._held: list[str] = []
         self._live = False
+        self.hold = False  # fan-out: the whole output is shown at the end, not interleaved with others
 
     def on_line(self, line: str) -> None:
         # The runner keeps the line in `output` (its `tail`); here it is only shown, or held back.
@@ -200,6 +202,11 @@ class _Run:
         self.image: docker.PreparedImage | None = None
         self.main: _Started | None = None
         self.validated = asyncio.Event()  # settings fully checked: the registry may be contacted
+        self.chain: tunnel.Chain | None = None  # fan-out: the SSH connection every database shares
+        self.label = ""  # fan-out: the database this run works on, prefixed to its log lines
+
+    def say(self, text: str) -> None:
+        self.console.line(f"[{self.label}] {text}" if self.label else text)
 
     @property
     def _title(self) -> str:
@@ -234,7 +241,8 @@ class _Run:
 
     def start(self, argv: list[str], title: str, *, in_image: bool) -> _Started:
         """Start a command now; it reaches the database through the gate only."""
-        started = _Started(self.console, title)
+        started = _Started(self.console, f"[{self.label}] {title}" if self.label else title)
+        started.hold = bool(self.label)
         started.task = asyncio.ensure_future(self._work(argv, started, in_image=in_image))
         return started
 
@@ -267,12 +275,15 @@ class _Run:
 
         ssh, db, run = self.settings.ssh, self.settings.db, self.run
         with self.clock.stage_of(Stage.TUNNEL):
-            opened = await stack.enter_async_context(tunnel.open_tunnel(ssh, credentials, db.host, db.port))
+            chain = self.chain
+            if chain is None:
+                chain = await stack.enter_async_context(tunnel.connect(ssh, credentials))
+            opened = await stack.enter_async_context(tunnel.forward(chain, db.host, db.port))
         run.tunnel_port = self.port  # reported once the tunnel behind it exists
         if self._gate_at_tunnel:
             gate.open(opened, db.host, db.port)  # the command's work overlaps the probe
         hops = "".join(f"{hop} -> " for hop in ssh.jump_hosts)
-        self.console.line(
+        self.say(
             f"tunnel: 127.0.0.1:{self.port} -> {db.host}:{db.port} via {hops}{ssh.user}@{ssh.host}:{ssh.port} "
             f"({run.timings[Stage.TUNNEL.value]:.2f} s)"
         )
@@ -285,7 +296,7 @@ class _Run:
             )
             server = await _while_tunnel_up(session.describe(), opened)
         run.server = server
-        self.console.line(
+        self.say(
             f"probe: PostgreSQL {server.version}, database {server.database} as {server.user}, "
             f"SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
         )
@@ -311,7 +322,7 @@ class _Run:
             f"image: {image.reference} ({self.image.digest or self.image.image_id}), "
             f"{'pulled' if self.image.pulled else 'already present'} in {self.run.timings[Stage.PULL.value]:.2f} s"
         )
-        if settings.mode is Mode.DOCKER and settings.command.django:
+        if settings.mode is Mode.DOCKER and settings.command.django and not settings.targets:
             # The container starts while the tunnel may still be connecting; the gate holds its connections.
             self.main = self.start(command_argv(settings), self._title, in_image=True)
 
@@ -322,15 +333,16 @@ class _Run:
         if not settings.lock:
             return
         with self.clock.stage_of(Stage.LOCK):
-            waited = await _while_tunnel_up(session.lock(settings.lock_timeout, self.console.line), opened)
+            waited = await _while_tunnel_up(session.lock(settings.lock_timeout, self.say), opened)
         self.run.lock_wait = waited
         key1, key2 = database.lock_keys(settings.db.name)
-        self.console.line(f"lock: pg_advisory_lock({key1}, {key2}) held after {waited:.2f} s")
+        self.say(f"lock: pg_advisory_lock({key1}, {key2}) held after {waited:.2f} s")
 
     async def finish(self, started: _Started, opened: tunnel.Tunnel, *, main: bool = True) -> tuple[int, list[str]]:
         """Show a started command's output and wait for it, watching the tunnel."""
         assert started.task is not None  # noqa: S101 - start() sets it
-        started.go_live()
+        if not started.hold:
+            started.go_live()
         try:
             code = await _while_tunnel_up(started.task, opened)
         finally:
@@ -477,6 +489,109 @@ class _Run:
                     await self.main.stop()
         self.run.result = Result.SUCCESS
 
+    async def target_stages(self, credentials: tunnel.Credentials) -> None:
+        """Fan-out: one database's stages over the shared SSH connection (self.chain)."""
+        from bastion_action import tunnel  # noqa: PLC0415 - loaded by the fan-out already
+
+        settings = self.settings
+        async with contextlib.AsyncExitStack() as stack:
+            sock = loopback.bind_loopback(0)
+            stack.callback(sock.close)
+            self.port = int(sock.getsockname()[1])
+            try:
+                gate = await stack.enter_async_context(tunnel.gate(sock))
+                opened, session = await self.connect(stack, credentials, gate)
+                if settings.command is not Command.PROBE:
+                    await self.lock(session, opened)
+                    try:
+                        await self.command(opened, session, gate)
+                    finally:
+                        await session.unlock()
+            finally:
+                if self.main is not None:
+                    await self.main.stop()
+        self.run.result = Result.SUCCESS
+
+
+def _record(run: RunResult, clock: _Clock, settings: Settings, exc: BaseException) -> None:
+    """An expected failure (or a timeout) into the run's result."""
+    if isinstance(exc, ActionError):
+        run.error = exc
+        if isinstance(exc, PendingMigrationsError):
+            run.result = Result.PENDING
+        return
+    error_type = _TIMEOUT_ERRORS[clock.stage]
+    run.error = error_type(
+        f"timed out: the whole run is limited to {settings.timeout:g} s (timeout) and the "
+        f"{clock.stage.value} stage was still running",
+        hint="Raise the 'timeout' input if the work is expected to take longer.",
+        anchor="timeout",
+    )
+
+
+async def _fan_out(settings: Settings, console: Console, run: RunResult, clock: _Clock) -> None:
+    """Several databases behind one bastion: one SSH connection, one pull, bounded concurrency."""
+    shared = _Run(settings, console, run, clock)
+    async with contextlib.AsyncExitStack() as stack:
+        with clock.stage_of(Stage.SETTINGS):
+            shared.check_runner()
+            await asyncio.to_thread(importlib.import_module, "bastion_action.tunnel")
+            credentials = shared.credentials()
+        shared.validated.set()
+        from bastion_action import tunnel  # noqa: PLC0415 - see the module docstring
+
+        if settings.mode.in_image and settings.command is not Command.PROBE:
+            from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
+
+            shared.runner = await stack.enter_async_context(docker.connect())
+        with clock.stage_of(Stage.TUNNEL):
+            connecting = stack.enter_async_context(tunnel.connect(settings.ssh, credentials))
+            chain, _ = await _concurrently(connecting, shared.pull())
+        hops = "".join(f"{hop} -> " for hop in settings.ssh.jump_hosts)
+        console.line(
+            f"tunnel: one SSH connection via {hops}{settings.ssh.user}@{settings.ssh.host}:{settings.ssh.port} "
+            f"for {len(settings.targets)} databases, {settings.concurrency} at a time"
+        )
+        limit = asyncio.Semaphore(settings.concurrency)
+
+        async def one(target: DatabaseSettings) -> RunResult:
+            result = RunResult(
+                environment=settings.environment,
+                mode=settings.mode.value,
+                command=settings.command.value,
+                database=target.name,
+            )
+            own_clock = _Clock(result)
+            started = time.perf_counter()
+            async with limit:
+                worker = _Run(dataclasses.replace(settings, db=target), console, result, own_clock)
+                worker.chain, worker.runner, worker.image = chain, shared.runner, shared.image
+                worker.python, worker.label = shared.python, target.name
+                worker.validated.set()
+                try:
+                    await worker.target_stages(credentials)
+                except ActionError as exc:
+                    _record(result, own_clock, settings, exc)
+            result.duration = time.perf_counter() - started
+            if result.error is not None and result.result is not Result.PENDING:
+                result.result = Result.FAILURE
+            return result
+
+        run.targets = list(await asyncio.gather(*(one(target) for target in settings.targets)))
+    results = {target.result for target in run.targets}
+    run.result = (
+        Result.FAILURE if Result.FAILURE in results else Result.PENDING if Result.PENDING in results else Result.SUCCESS
+    )
+    failed = [target for target in run.targets if target.result is not Result.SUCCESS]
+    if failed:
+        names = ", ".join(f"{target.database} ({target.result.value})" for target in failed)
+        error_type = PendingMigrationsError if run.result is Result.PENDING else CommandError
+        raise error_type(
+            f"{len(failed)} of {len(run.targets)} databases did not succeed: {names}",
+            hint="Each database's own failure and hint are in the step summary.",
+            exit_code=1,
+        )
+
 
 async def execute(settings: Settings, console: Console) -> RunResult:
     """Run every stage; always returns what the run got to (never raises for expected failures)."""
@@ -485,25 +600,19 @@ async def execute(settings: Settings, console: Console) -> RunResult:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.timeout):
-            await _Run(settings, console, run, clock).stages()
-    except ActionError as exc:
-        run.error = exc
-        if isinstance(exc, PendingMigrationsError):
-            run.result = Result.PENDING
-    except TimeoutError:
-        error_type = _TIMEOUT_ERRORS[clock.stage]
-        run.error = error_type(
-            f"timed out: the whole run is limited to {settings.timeout:g} s (timeout) and the "
-            f"{clock.stage.value} stage was still running",
-            hint="Raise the 'timeout' input if the work is expected to take longer.",
-            anchor="timeout",
-        )
+            if settings.targets:
+                await _fan_out(settings, console, run, clock)
+            else:
+                await _Run(settings, console, run, clock).stages()
+    except (ActionError, TimeoutError) as exc:
+        _record(run, clock, settings, exc)
     except asyncio.CancelledError:
         run.cancelled = True
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
     finally:
+        local.end_descendants()  # whatever a command left behind, even in a session of its own
         run.duration = time.perf_counter() - started
     if (run.error is not None and run.result is not Result.PENDING) or run.cancelled:
         run.result = Result.FAILURE

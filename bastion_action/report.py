@@ -23,6 +23,7 @@ OUTPUTS: dict[str, str] = {
     "pending": "JSON list of the migrations not applied after the run, in apply order.",
     "migrations": 'JSON of the whole state: {"app": [{"name": ..., "applied": true|false, "state": ...}]}.',
     "lock-wait-seconds": "Seconds spent waiting for the migration lock.",
+    "databases": "Fan-out: JSON of each database's outputs, by database name.",
     "duration-seconds": "Wall time of the run in decimal seconds.",
 }
 
@@ -67,6 +68,8 @@ class RunResult:
     migrations: dict[str, list[Migration]] | None = None
     failed_migration: str | None = None
     drift: list[str] | None = None  # compare mode: how the runner's and the image's views differ
+    database: str | None = None  # fan-out: the database this result is for
+    targets: list[RunResult] | None = None  # fan-out: one result per database
 
     @property
     def process_exit_code(self) -> int:
@@ -78,8 +81,43 @@ class RunResult:
         return 1
 
 
+def _target_outputs(run: RunResult) -> dict[str, object]:
+    values: dict[str, object] = {"result": run.result.value, "exit-code": run.process_exit_code}
+    values["duration-seconds"] = round(run.duration, 3)
+    if run.server is not None:
+        values["server-version"] = run.server.version
+    if run.applied is not None:
+        values |= {"applied-count": len(run.applied), "applied": run.applied}
+    if run.pending is not None:
+        values |= {"pending-count": len(run.pending), "pending": run.pending}
+    if run.lock_wait is not None:
+        values["lock-wait-seconds"] = round(run.lock_wait, 3)
+    if run.error is not None:
+        values["error"] = f"{run.error.stage.value}: {run.error.message}"
+    return values
+
+
+def _fan_out_outputs(run: RunResult) -> dict[str, str]:
+    targets = run.targets or []
+    values = {
+        "result": run.result.value,
+        "exit-code": str(run.process_exit_code),
+        "duration-seconds": f"{run.duration:.3f}",
+        "databases": json.dumps({target.database: _target_outputs(target) for target in targets}),
+    }
+    if all(target.applied is not None for target in targets):
+        values["applied-count"] = str(sum(len(target.applied or []) for target in targets))
+    if all(target.pending is not None for target in targets):
+        values["pending-count"] = str(sum(len(target.pending or []) for target in targets))
+    if run.image_digest:
+        values["image-digest"] = run.image_digest
+    return values
+
+
 def outputs(run: RunResult) -> dict[str, str]:
     """The step outputs, as strings; only the ones the run got to."""
+    if run.targets is not None:
+        return _fan_out_outputs(run)
     values = {
         "result": run.result.value,
         "exit-code": str(run.process_exit_code),
@@ -106,6 +144,31 @@ def outputs(run: RunResult) -> dict[str, str]:
 
 def _escape_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _targets_table(run: RunResult) -> list[str]:
+    if run.targets is None:
+        return []
+    icons = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}
+    lines = [
+        "",
+        f"**{len(run.targets)} databases** over one SSH connection:",
+        "",
+        "| database | result | applied | pending | lock wait | seconds | failure |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for target in run.targets:
+        applied = "" if target.applied is None else str(len(target.applied))
+        pending = "" if target.pending is None else str(len(target.pending))
+        wait = "" if target.lock_wait is None else f"{target.lock_wait:.2f}"
+        failure = ""
+        if target.error is not None:
+            failure = f"{target.error.stage.value}: {_escape_cell(target.error.message)}"
+        lines.append(
+            f"| `{_escape_cell(target.database or '')}` | {icons[target.result]} {target.result.value} | {applied} "
+            f"| {pending} | {wait} | {target.duration:.2f} | {failure} |"
+        )
+    return lines
 
 
 def _migrations_table(run: RunResult) -> list[str]:
@@ -182,6 +245,7 @@ def summary(run: RunResult) -> str:
     env = run.environment or "(no environment)"
     lines = [f"### {icon} bastion-migrate: `{run.command}` on {_escape_cell(env)} — {run.result.value}", ""]
     lines += _facts(run)
+    lines += _targets_table(run)
     lines += _migrations_table(run)
     if run.drift:
         lines += ["", "**The runner and the image differ:**", ""]

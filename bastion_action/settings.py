@@ -135,6 +135,12 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("db-user", "Database user."),
     InputSpec("db-password", "Database password.", secret=True),
     InputSpec("db-sslmode", "libpq sslmode for the database connection.", "prefer"),
+    InputSpec(
+        "databases",
+        "Fan-out: several databases behind the same bastion, [host[:port]/]name separated by commas or newlines "
+        "(host and port default to db-host and db-port); replaces db-name. One SSH connection serves them all.",
+    ),
+    InputSpec("concurrency", "Fan-out: how many databases are worked on at once.", "4"),
     InputSpec("local-port", "Local port of the tunnel; 0 picks a free one.", "0"),
     InputSpec("django-settings-module", "DJANGO_SETTINGS_MODULE for the command."),
     InputSpec("secret-key", "SECRET_KEY for the command.", secret=True),
@@ -303,6 +309,8 @@ class Settings:
     db: DatabaseSettings
     app: AppSettings
     image: ImageSettings | None
+    targets: tuple[DatabaseSettings, ...]  # fan-out (`databases`): each database to run on; empty for one
+    concurrency: int
     timeout: float
     lock: bool
     lock_timeout: float
@@ -459,14 +467,36 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
     )
 
 
+_TARGET = re.compile(r"(?:(?P<host>[^/:\s]+)(?::(?P<port>[0-9]{1,5}))?/)?(?P<name>[^/\s,]+)")
+
+
+def parse_databases(text: str, base: DatabaseSettings) -> tuple[DatabaseSettings, ...]:
+    """``databases``: ``[host[:port]/]name`` entries; what an entry leaves out comes from ``base``."""
+    targets: list[DatabaseSettings] = []
+    for item in re.split(r"[,\n]", text):
+        entry = item.strip()
+        if not entry:
+            continue
+        match = _TARGET.fullmatch(entry)
+        port = int(match["port"]) if match and match["port"] else base.port
+        if not match or not 1 <= port <= 65535:  # noqa: PLR2004
+            raise input_error("databases", "[host[:port]/]name entries separated by commas or newlines", entry)
+        target = dataclasses.replace(base, host=match["host"] or base.host, port=port, name=match["name"])
+        if any((t.host, t.port, t.name) == (target.host, target.port, target.name) for t in targets):
+            raise input_error("databases", "each database once", entry)
+        targets.append(target)
+    return tuple(targets)
+
+
 def _db_settings(read: _Reader) -> DatabaseSettings:
     sslmode = read.text("db-sslmode").lower()
     if sslmode not in SSLMODES:
         raise input_error("db-sslmode", "one of " + " | ".join(SSLMODES), sslmode)
+    fan_out = bool(read.text("databases").strip())
     return DatabaseSettings(
         host=read.required("db-host", "the database host as seen from the bastion"),
         port=read.port("db-port"),
-        name=read.required("db-name", "the database name"),
+        name=read.text("db-name") if fan_out else read.required("db-name", "the database name"),
         user=read.required("db-user", "the database user"),
         password=read.required("db-password", "the database user's password"),
         sslmode=sslmode,
@@ -543,6 +573,21 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     lock = command in {Command.MIGRATE, Command.CUSTOM} if lock_text == "auto" else read.boolean("lock")
     ssh = _ssh_settings(read)
     db = _db_settings(read)
+    targets = parse_databases(read.text("databases"), db)
+    concurrency_text = read.text("concurrency")
+    if not re.fullmatch(r"[0-9]{1,2}", concurrency_text) or not 1 <= int(concurrency_text) <= 32:  # noqa: PLR2004
+        raise input_error("concurrency", "a number of databases at once, 1-32", concurrency_text)
+    concurrency = int(concurrency_text)
+    if targets and db.local_port:
+        raise SettingsError(
+            "local-port: expected 0 with databases (each database gets its own free port)",
+            hint="Leave local-port out when running on several databases.",
+        )
+    if targets and mode is Mode.COMPARE:
+        raise SettingsError(
+            "databases: expected one database with mode: compare",
+            hint="Compare one database at a time, with db-name.",
+        )
     app = _app_settings(read, environ)
     pull = read.choice("pull", PullPolicy)  # validated in every mode: a typo must not wait for docker mode
     image = (
@@ -567,6 +612,8 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         ssh=ssh,
         db=db,
         app=app,
+        targets=targets,
+        concurrency=concurrency,
         image=image,
         timeout=read.seconds("timeout"),
         lock=lock,

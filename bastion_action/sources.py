@@ -62,6 +62,8 @@ FILE_KEYS = frozenset(
         "db-name",
         "db-user",
         "db-sslmode",
+        "databases",
+        "concurrency",
         "local-port",
         "django-settings-module",
         "extra-env",

@@ -307,15 +307,37 @@ async def open_tunnel(
     ssh: SSHSettings, credentials: Credentials, db_host: str, db_port: int, local_port: int = 0
 ) -> AsyncIterator[Tunnel]:
     """Connect to the bastion (through any jump hosts) and forward ``127.0.0.1:<port>`` to ``db_host:db_port``."""
+    async with connect(ssh, credentials) as chain, forward(chain, db_host, db_port, local_port) as opened:
+        yield opened
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    """The SSH connections of one run: the jump hosts' in order, then the bastion's."""
+
+    connection: asyncssh.SSHClientConnection
+    hops: tuple[asyncssh.SSHClientConnection, ...] = ()
+
+
+@contextlib.asynccontextmanager
+async def connect(ssh: SSHSettings, credentials: Credentials) -> AsyncIterator[Chain]:
+    """Connect to the bastion through any jump hosts; every connection is closed on exit."""
     async with contextlib.AsyncExitStack() as stack:
         *hops, connection = await _connect_chain(ssh, credentials, stack)
+        yield Chain(connection=connection, hops=tuple(hops))
+
+
+@contextlib.asynccontextmanager
+async def forward(chain: Chain, db_host: str, db_port: int, local_port: int = 0) -> AsyncIterator[Tunnel]:
+    """Forward ``127.0.0.1:<port>`` over an open chain to ``db_host:db_port`` (several may share one chain)."""
+    async with contextlib.AsyncExitStack() as stack:
         # A gate opened at once rather than asyncssh's forward_local_port: the same forwarder,
         # but a refused channel's reason is kept (forward_local_port's listener swallows it).
         sock = loopback.bind_loopback(local_port)
         stack.callback(sock.close)
         forwards = await stack.enter_async_context(gate(sock))
-        forwards.open_to(connection, db_host, db_port)
-        yield Tunnel(port=forwards.port, connection=connection, hops=tuple(hops), forwards=forwards)
+        forwards.open_to(chain.connection, db_host, db_port)
+        yield Tunnel(port=forwards.port, connection=chain.connection, hops=chain.hops, forwards=forwards)
 
 
 class _GateClosedError(Exception):

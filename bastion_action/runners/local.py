@@ -132,9 +132,10 @@ async def run(
             _kill_group(process, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
                 await asyncio.shield(asyncio.wait_for(process.wait(), TERMINATE_GRACE_SECONDS))
-        # Children of the command may outlive it, in its group or in a session of their own; end them too.
+        # Children of the command may outlive it in its group; end them too. Those that started a
+        # session of their own are ended by end_descendants() when the whole run ends (other
+        # commands of a fan-out may still be running now).
         _kill_group(process, signal.SIGKILL)
-        end_descendants()
         if process.returncode is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.shield(asyncio.wait_for(process.wait(), TERMINATE_GRACE_SECONDS))

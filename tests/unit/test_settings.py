@@ -218,3 +218,31 @@ def test_any_input_either_parses_or_names_what_is_wrong(raw: dict[str, str]) -> 
     else:
         return
     assert ":" in message, "every settings error starts with what it is about"
+
+
+def test_databases_fan_out() -> None:
+    parsed = parse(**{"db-name": "", "databases": "tenant_a, other.host:6543/tenant_b\n10.0.0.9/tenant_c"})
+    assert [(t.host, t.port, t.name) for t in parsed.targets] == [
+        ("10.0.0.5", 5432, "tenant_a"),
+        ("other.host", 6543, "tenant_b"),
+        ("10.0.0.9", 5432, "tenant_c"),
+    ]
+    assert all(t.user == "migrator" and t.password == "p@ss:w/rd#%x" for t in parsed.targets)
+    assert parse().targets == ()
+    assert parse(concurrency="8").concurrency == 8
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({"databases": "a, a"}, "databases: expected each database once", id="twice"),
+        pytest.param({"databases": "h:99999/a"}, "databases: expected [host[:port]/]name", id="port"),
+        pytest.param({"databases": "a b"}, "databases: expected [host[:port]/]name", id="space"),
+        pytest.param({"databases": "a", "local-port": "5433"}, "local-port: expected 0 with databases", id="local"),
+        pytest.param({"databases": "a", "mode": "compare", "image": "r.io/x"}, "databases: expected one", id="cmp"),
+        pytest.param({"concurrency": "0"}, "concurrency: expected a number of databases at once, 1-32", id="c0"),
+        pytest.param({"concurrency": "33"}, "concurrency: expected", id="c33"),
+    ],
+)
+def test_databases_errors(overrides: dict[str, str], expected: str) -> None:
+    assert error_of(**{"command": "showmigrations", **overrides}).message.startswith(expected)

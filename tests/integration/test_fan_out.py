@@ -1,0 +1,107 @@
+"""Fan-out: several databases behind one bastion, over one SSH connection, with bounded concurrency."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support import admin_sql, unique
+
+
+def accepted_logins(lab) -> int:
+    return Path(lab["sshd_log"]).read_text(errors="replace").count(f"Accepted password for {lab['ssh_password_user']}")
+
+
+@pytest.fixture
+def databases(lab):
+    names = [unique("fan") for _ in range(3)]
+    for name in names:
+        admin_sql(lab, f'CREATE DATABASE "{name}" OWNER "{lab["db_user"]}"')
+    yield names
+    for name in names:
+        admin_sql(lab, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def recorded(lab, database: str) -> int:
+    return int(admin_sql(lab, "SELECT count(*) FROM django_migrations", database))
+
+
+def test_fan_out_migrates_each_database_over_one_connection(action, base_inputs, lab, databases) -> None:
+    logins = accepted_logins(lab)
+    inputs = {**base_inputs, "command": "migrate", "db-name": "", "databases": "\n".join(databases)}
+    run = action({**inputs, "concurrency": "2"})
+    assert run.returncode == 0, run.explain()
+    assert accepted_logins(lab) - logins == 1, "one SSH connection serves every database"
+    per_database = json.loads(run.outputs["databases"])
+    assert sorted(per_database) == sorted(databases)
+    for name in databases:
+        assert per_database[name]["result"] == "success"
+        assert per_database[name]["applied-count"] == 6
+        assert recorded(lab, name) == 6
+    assert run.outputs["applied-count"] == "18"
+    assert run.outputs["result"] == "success"
+    assert "**3 databases** over one SSH connection" in run.summary
+    for name in databases:
+        assert f"| `{name}` | ✅ success | 6 | 0 |" in run.summary
+        assert f"::group::[{name}] " in run.stdout, "each database's output is its own group"
+
+    again = action({**inputs, "command": "check"})
+    assert again.returncode == 0, again.explain()
+    assert again.outputs["pending-count"] == "0"
+
+
+def test_fan_out_reports_each_database_failure(action, base_inputs, lab, databases) -> None:
+    missing = unique("absent")
+    targets = [databases[0], missing, f"{lab['db_host']}:{lab['db_port']}/{databases[1]}"]
+    run = action({**base_inputs, "command": "migrate", "db-name": "", "databases": ",".join(targets)})
+    assert run.returncode == 1, run.explain()
+    assert run.outputs["result"] == "failure"
+    errors = [line for line in run.annotations if line.startswith("::error")]
+    assert len(errors) == 1, run.explain()
+    assert "1 of 3 databases did not succeed" in errors[0]
+    per_database = json.loads(run.outputs["databases"])
+    assert per_database[missing]["result"] == "failure"
+    assert per_database[missing]["error"] == f"probe: database '{missing}' does not exist"
+    assert per_database[databases[0]]["applied-count"] == 6
+    assert per_database[databases[1]]["applied-count"] == 6
+    assert f"probe: database '{missing}' does not exist" in run.summary
+
+
+def test_fan_out_check_is_pending_when_any_database_is(action, base_inputs, lab, databases) -> None:
+    action({**base_inputs, "command": "migrate", "db-name": databases[0]})
+    run = action({**base_inputs, "command": "check", "db-name": "", "databases": ",".join(databases[:2])})
+    assert run.returncode == 1, run.explain()
+    assert run.outputs["result"] == "pending"
+    per_database = json.loads(run.outputs["databases"])
+    assert per_database[databases[0]]["result"] == "success"
+    assert per_database[databases[1]]["result"] == "pending"
+    assert run.outputs["pending-count"] == "6"
+    assert recorded(lab, databases[0]) == 6
+
+
+def test_fan_out_in_docker_mode_pulls_once(action, base_inputs, lab, databases) -> None:
+    inputs = {
+        **base_inputs,
+        "mode": "docker",
+        "python": "",
+        "working-directory": "",
+        "image": lab["image"],
+        "image-tag": lab["image_tag"],
+        "registry-username": lab["registry_user"],
+        "registry-password": lab["registry_password"],
+        "command": "migrate",
+        "db-name": "",
+        "databases": ",".join(databases),
+    }
+    run = action(inputs)
+    assert run.returncode == 0, run.explain()
+    assert run.stdout.count("image: ") == 1, "the image is prepared once for every database"
+    assert run.outputs["image-digest"].startswith("sha256:")
+    for name in databases:
+        assert recorded(lab, name) == 6
+
+
+@pytest.fixture
+def secrets(secrets, lab):  # the registry password joins the scanned secrets
+    return [*secrets, lab["registry_password"]]
