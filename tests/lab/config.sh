@@ -90,7 +90,7 @@
 
 # Debian packages up.sh makes sure of.
 LAB_APT_PACKAGES=(openssh-server postgresql docker.io docker-registry apache2-utils
-    debootstrap iproute2 openssl sshpass procps psmisc curl)
+    debootstrap iproute2 iptables openssl sshpass procps psmisc curl make)
 
 # Derived paths (not meant to be overridden one by one).
 LAB_SSH_DIR="$LAB_DIR/ssh"
