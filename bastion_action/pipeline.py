@@ -475,12 +475,7 @@ class _Run:
                 (opened, session), _ = await _concurrently(
                     self.connect(stack, credentials, gate), pulling or asyncio.sleep(0)
                 )
-                if settings.command is not Command.PROBE:
-                    await self.lock(session, opened)
-                    try:
-                        await self.command(opened, session, gate)
-                    finally:
-                        await session.unlock()
+                await self.locked_command(opened, session, gate)
             finally:
                 if pulling is not None and not pulling.done():
                     pulling.cancel()
@@ -489,11 +484,20 @@ class _Run:
                     await self.main.stop()
         self.run.result = Result.SUCCESS
 
+    async def locked_command(self, opened: tunnel.Tunnel, session: database.Session, gate: tunnel.Gate) -> None:
+        """The lock (when taken), the command under it, and the lock's release."""
+        if self.settings.command is Command.PROBE:
+            return
+        await self.lock(session, opened)
+        try:
+            await self.command(opened, session, gate)
+        finally:
+            await session.unlock()
+
     async def target_stages(self, credentials: tunnel.Credentials) -> None:
         """Fan-out: one database's stages over the shared SSH connection (self.chain)."""
         from bastion_action import tunnel  # noqa: PLC0415 - loaded by the fan-out already
 
-        settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
             sock = loopback.bind_loopback(0)
             stack.callback(sock.close)
@@ -501,12 +505,7 @@ class _Run:
             try:
                 gate = await stack.enter_async_context(tunnel.gate(sock))
                 opened, session = await self.connect(stack, credentials, gate)
-                if settings.command is not Command.PROBE:
-                    await self.lock(session, opened)
-                    try:
-                        await self.command(opened, session, gate)
-                    finally:
-                        await session.unlock()
+                await self.locked_command(opened, session, gate)
             finally:
                 if self.main is not None:
                     await self.main.stop()

@@ -177,12 +177,14 @@ class JumpHost:
 _HOP = re.compile(r"(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@:\s\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
 
 
+def _entries(text: str) -> list[str]:
+    """The non-empty entries of a list input: separated by commas or newlines."""
+    return [entry for item in re.split(r"[,\n]", text) if (entry := item.strip())]
+
+
 def parse_jump_hosts(text: str, default_user: str) -> tuple[JumpHost, ...]:
     hops = []
-    for item in re.split(r"[,\n]", text):
-        hop = item.strip()
-        if not hop:
-            continue
+    for hop in _entries(text):
         match = _HOP.fullmatch(hop)
         port = int(match["port"]) if match and match["port"] else 22
         if not match or not 1 <= port <= 65535:  # noqa: PLR2004
@@ -473,10 +475,7 @@ _TARGET = re.compile(r"(?:(?P<host>[^/:\s]+)(?::(?P<port>[0-9]{1,5}))?/)?(?P<nam
 def parse_databases(text: str, base: DatabaseSettings) -> tuple[DatabaseSettings, ...]:
     """``databases``: ``[host[:port]/]name`` entries; what an entry leaves out comes from ``base``."""
     targets: list[DatabaseSettings] = []
-    for item in re.split(r"[,\n]", text):
-        entry = item.strip()
-        if not entry:
-            continue
+    for entry in _entries(text):
         match = _TARGET.fullmatch(entry)
         port = int(match["port"]) if match and match["port"] else base.port
         if not match or not 1 <= port <= 65535:  # noqa: PLR2004

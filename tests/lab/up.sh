@@ -266,7 +266,6 @@ known_hosts_line() { # PUBFILE [ADDRESS [PORT]] (default: the bastion's runner-s
 
 fingerprint() { ssh-keygen -lf "$1" | awk '{print $2}'; }
 
-sshd_running() { pidfile_alive "$LAB_SSH_DIR/sshd.pid"; }
 ssh_banner_ok() { # [ADDRESS PORT [NS]] (default: the bastion from the runner)
     local addr=${1:-$LAB_BASTION_IP} port=${2:-$LAB_SSH_PORT} ns=${3:-}
     # shellcheck disable=SC2016 # expanded by the inner bash
@@ -297,12 +296,24 @@ setup_ssh() {
     known_hosts_line "$LAB_SSH_DIR/ssh_host_ed25519_key.pub" "$LAB_BASTION_INNER_IP" |
         write_if_changed "$LAB_SSH_DIR/bastion_inner_known_hosts" 0644 || true
 
-    write_if_changed "$LAB_SSH_DIR/sshd_config" 0600 <<EOF && changed=1
+    {
+        cat <<EOF
 # Written by tests/lab/up.sh: the lab bastion (runs in netns $LAB_BASTION_NS).
 ListenAddress $LAB_BASTION_IP:$LAB_SSH_PORT
 ListenAddress $LAB_BASTION_INNER_IP:$LAB_SSH_PORT
 HostKey $LAB_SSH_DIR/ssh_host_ed25519_key
 PidFile $LAB_SSH_DIR/sshd.pid
+EOF
+        sshd_common_config
+    } | write_if_changed "$LAB_SSH_DIR/sshd_config" 0600 && changed=1
+    run_sshd sshd "$LAB_BASTION_NS" "$LAB_SSH_DIR" "$changed" bastion_banners_ok
+}
+
+bastion_banners_ok() { ssh_banner_ok && ssh_banner_ok "$LAB_BASTION_INNER_IP" "$LAB_SSH_PORT" "$LAB_JUMP_NS"; }
+
+# sshd_common_config: what every lab sshd shares (users, authentication, forwarding, logging).
+sshd_common_config() {
+    cat <<EOF
 UsePAM no
 PasswordAuthentication yes
 PubkeyAuthentication yes
@@ -318,26 +329,31 @@ MaxStartups 200
 MaxSessions 200
 LogLevel VERBOSE
 EOF
+}
+
+# run_sshd NAME NS DIR CHANGED CHECK...: the sshd configured in DIR/sshd_config, running in NS:
+# restarted when its configuration CHANGED, started when it is not running or CHECK fails.
+run_sshd() {
+    local name=$1 ns=$2 dir=$3 changed=$4
+    shift 4
     install -d -m 0755 /run/sshd
-    /usr/sbin/sshd -t -f "$LAB_SSH_DIR/sshd_config"
-    if sshd_running && ((changed)); then
-        log "    configuration changed: restarting sshd"
-        stop_pidfile "$LAB_SSH_DIR/sshd.pid"
+    /usr/sbin/sshd -t -f "$dir/sshd_config"
+    if pidfile_alive "$dir/sshd.pid" && ((changed)); then
+        log "    configuration changed: restarting the $name"
+        stop_pidfile "$dir/sshd.pid"
     fi
-    if sshd_running && ssh_banner_ok && ssh_banner_ok "$LAB_BASTION_INNER_IP" "$LAB_SSH_PORT" "$LAB_JUMP_NS"; then
-        log "    sshd already running"
+    if pidfile_alive "$dir/sshd.pid" && "$@"; then
+        log "    $name already running"
         return 0
     fi
-    stop_pidfile "$LAB_SSH_DIR/sshd.pid"
-    log "    starting sshd in $LAB_BASTION_NS (log: $LAB_SSH_DIR/sshd.log)"
-    ip netns exec "$LAB_BASTION_NS" setsid /usr/sbin/sshd -D -f "$LAB_SSH_DIR/sshd_config" \
-        -E "$LAB_SSH_DIR/sshd.log" </dev/null >/dev/null 2>&1 &
-    wait_until "$LAB_START_TIMEOUT" "sshd banner on $LAB_BASTION_IP:$LAB_SSH_PORT" ssh_banner_ok ||
-        { tail -n 20 "$LAB_SSH_DIR/sshd.log" >&2; return 1; }
+    stop_pidfile "$dir/sshd.pid"
+    log "    starting the $name in $ns (log: $dir/sshd.log)"
+    ip netns exec "$ns" setsid /usr/sbin/sshd -D -f "$dir/sshd_config" \
+        -E "$dir/sshd.log" </dev/null >/dev/null 2>&1 &
+    wait_until "$LAB_START_TIMEOUT" "the $name's banner" "$@" || { tail -n 20 "$dir/sshd.log" >&2; return 1; }
 }
 
 # A jump host in front of the bastion: its own sshd and host key, the same users and keys.
-jump_sshd_running() { pidfile_alive "$LAB_JUMP_SSH_DIR/sshd.pid"; }
 jump_banner_ok() { ssh_banner_ok "$LAB_JUMP_IP" "$LAB_JUMP_SSH_PORT"; }
 
 setup_jump_ssh() {
@@ -345,42 +361,16 @@ setup_jump_ssh() {
     keygen "$dir/ssh_host_ed25519_key"
     known_hosts_line "$dir/ssh_host_ed25519_key.pub" "$LAB_JUMP_IP" "$LAB_JUMP_SSH_PORT" |
         write_if_changed "$dir/known_hosts" 0644 || true
-    write_if_changed "$dir/sshd_config" 0600 <<EOF && changed=1
+    {
+        cat <<EOF
 # Written by tests/lab/up.sh: the lab jump host (runs in netns $LAB_JUMP_NS).
 ListenAddress $LAB_JUMP_IP:$LAB_JUMP_SSH_PORT
 HostKey $dir/ssh_host_ed25519_key
 PidFile $dir/sshd.pid
-UsePAM no
-PasswordAuthentication yes
-PubkeyAuthentication yes
-KbdInteractiveAuthentication no
-PermitRootLogin no
-AllowTcpForwarding yes
-PermitTTY no
-X11Forwarding no
-AuthorizedKeysFile $LAB_SSH_DIR/authorized_keys/%u
-StrictModes no
-AllowUsers $LAB_SSH_PASSWORD_USER $LAB_SSH_KEY_USER
-MaxStartups 200
-MaxSessions 200
-LogLevel VERBOSE
 EOF
-    install -d -m 0755 /run/sshd
-    /usr/sbin/sshd -t -f "$dir/sshd_config"
-    if jump_sshd_running && ((changed)); then
-        log "    configuration changed: restarting the jump sshd"
-        stop_pidfile "$dir/sshd.pid"
-    fi
-    if jump_sshd_running && jump_banner_ok; then
-        log "    jump sshd already running"
-        return 0
-    fi
-    stop_pidfile "$dir/sshd.pid"
-    log "    starting sshd in $LAB_JUMP_NS (log: $dir/sshd.log)"
-    ip netns exec "$LAB_JUMP_NS" setsid /usr/sbin/sshd -D -f "$dir/sshd_config" \
-        -E "$dir/sshd.log" </dev/null >/dev/null 2>&1 &
-    wait_until "$LAB_START_TIMEOUT" "sshd banner on $LAB_JUMP_IP:$LAB_JUMP_SSH_PORT" jump_banner_ok ||
-        { tail -n 20 "$dir/sshd.log" >&2; return 1; }
+        sshd_common_config
+    } | write_if_changed "$dir/sshd_config" 0600 && changed=1
+    run_sshd "jump sshd" "$LAB_JUMP_NS" "$dir" "$changed" jump_banner_ok
 }
 
 # ------------------------------------------------------------------ faults --
@@ -404,7 +394,6 @@ setup_fault_network() {
     ns_drop "$LAB_PRIVATE_NS" -p tcp -d "$LAB_DB_HOST" --dport "$LAB_DB_SILENT_PORT"
 }
 
-fault_sshd_running() { pidfile_alive "$LAB_FAULT_SSH_DIR/sshd.pid"; }
 fault_banners_ok() {
     ssh_banner_ok "$LAB_BASTION_IP" "$LAB_NOFORWARD_PORT" && ssh_banner_ok "$LAB_BASTION_IP" "$LAB_KEEPALIVE_PORT"
 }
@@ -418,48 +407,24 @@ setup_fault_ssh() {
         write_if_changed "$dir/noforward_known_hosts" 0644 || true
     known_hosts_line "$LAB_SSH_DIR/ssh_host_ed25519_key.pub" "$LAB_BASTION_IP" "$LAB_KEEPALIVE_PORT" |
         write_if_changed "$dir/keepalive_known_hosts" 0644 || true
-    write_if_changed "$dir/sshd_config" 0600 <<EOF && changed=1
+    {
+        cat <<EOF
 # Written by tests/lab/up.sh: the bastion's fault-injection sshd (netns $LAB_BASTION_NS).
 ListenAddress $LAB_BASTION_IP:$LAB_NOFORWARD_PORT
 ListenAddress $LAB_BASTION_IP:$LAB_KEEPALIVE_PORT
 HostKey $LAB_SSH_DIR/ssh_host_ed25519_key
 PidFile $dir/sshd.pid
-UsePAM no
-PasswordAuthentication yes
-PubkeyAuthentication yes
-KbdInteractiveAuthentication no
-PermitRootLogin no
-AllowTcpForwarding yes
-PermitTTY no
-X11Forwarding no
-AuthorizedKeysFile $LAB_SSH_DIR/authorized_keys/%u
-StrictModes no
-AllowUsers $LAB_SSH_PASSWORD_USER $LAB_SSH_KEY_USER
-MaxStartups 200
-MaxSessions 200
-LogLevel VERBOSE
+EOF
+        sshd_common_config
+        cat <<EOF
 # A silent client is dropped after about 2 s (the bastion's own dead-peer detection).
 ClientAliveInterval 1
 ClientAliveCountMax 2
 Match LocalPort $LAB_NOFORWARD_PORT
     AllowTcpForwarding no
 EOF
-    install -d -m 0755 /run/sshd
-    /usr/sbin/sshd -t -f "$dir/sshd_config"
-    if fault_sshd_running && ((changed)); then
-        log "    configuration changed: restarting the fault sshd"
-        stop_pidfile "$dir/sshd.pid"
-    fi
-    if fault_sshd_running && fault_banners_ok; then
-        log "    fault sshd already running"
-        return 0
-    fi
-    stop_pidfile "$dir/sshd.pid"
-    log "    starting the fault sshd in $LAB_BASTION_NS (log: $dir/sshd.log)"
-    ip netns exec "$LAB_BASTION_NS" setsid /usr/sbin/sshd -D -f "$dir/sshd_config" \
-        -E "$dir/sshd.log" </dev/null >/dev/null 2>&1 &
-    wait_until "$LAB_START_TIMEOUT" "sshd banners on $LAB_BASTION_IP:$LAB_NOFORWARD_PORT,$LAB_KEEPALIVE_PORT" \
-        fault_banners_ok || { tail -n 20 "$dir/sshd.log" >&2; return 1; }
+    } | write_if_changed "$dir/sshd_config" 0600 && changed=1
+    run_sshd "fault sshd" "$LAB_BASTION_NS" "$dir" "$changed" fault_banners_ok
 }
 
 # ---------------------------------------------------------------- registry --
