@@ -154,8 +154,9 @@ def test_lock_timeout_names_the_holder(action, base_inputs, lab, fresh_db) -> No
         time.sleep(1)
         run = action({**base_inputs, "command": "migrate", "lock-timeout": "2"})
     finally:
-        holder.kill()
-        holder.wait()
+        # Killing the client (runuser) would leave psql's backend asleep with the lock; end the backend.
+        admin_sql(lab, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'other-deploy'")
+        holder.wait(timeout=30)
     assert run.returncode == 1, run.explain()
     assert run.annotations[0].startswith("::error title=bastion-migrate%3A lock failed::")
     assert "held by other-deploy" in run.annotations[0]
