@@ -157,3 +157,54 @@ def processes_mentioning(text: str) -> list[int]:
         if text.encode() in blob:
             found.append(int(entry.name))
     return found
+
+
+# The sample project's migrations, in the order a full migrate applies them.
+SAMPLE_MIGRATIONS = (
+    "catalog.0001_initial",
+    "catalog.0002_product_sku",
+    "orders.0001_initial",
+    "orders.0002_seed_statuses",
+    "audit.0001_initial",
+    "audit.0002_test_hooks",
+)
+
+
+def assert_failed_in(run: ActionRun, stage: str) -> None:
+    """The failure contract: non-zero, result failure, one annotation naming the stage, a hint, the summary."""
+    assert run.returncode != 0, run.explain()
+    assert run.outputs["result"] == "failure", run.explain()
+    errors = [line for line in run.annotations if line.startswith("::error")]
+    assert len(errors) == 1, run.explain()
+    assert errors[0].startswith(f"::error title=bastion-migrate%3A {stage} failed::"), run.explain()
+    assert "Hint: " in errors[0], run.explain()
+    assert f"Failed in the `{stage}` stage" in run.summary, run.explain()
+
+
+def with_docker(inputs: dict[str, str], lab: dict[str, Any]) -> dict[str, str]:
+    """The same run in docker mode: the lab's image from its registry, the image's own python."""
+    return {
+        **inputs,
+        "mode": "docker",
+        "python": "",
+        "working-directory": "",
+        "image": lab["image"],
+        "image-tag": lab["image_tag"],
+        "registry-username": lab["registry_user"],
+        "registry-password": lab["registry_password"],
+    }
+
+
+def start_lock_holder(lab: dict[str, Any], database: str, seconds: int) -> subprocess.Popen[bytes]:
+    """Another deploy (application_name other-deploy) taking the action's migration lock of ``database``."""
+    from bastion_action.database import lock_keys  # noqa: PLC0415 - the key as the action computes it
+
+    key1, key2 = lock_keys(database)
+    argv = list(lab["db_admin_argv"])
+    argv[argv.index("-d") + 1] = database
+    return subprocess.Popen(
+        [*argv, "-c", f"SELECT pg_advisory_lock({key1}, {key2})", "-c", f"SELECT pg_sleep({seconds})"],
+        env={**os.environ, "PGAPPNAME": "other-deploy"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

@@ -22,22 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import admin_sql
+from support import SAMPLE_MIGRATIONS, admin_sql
 from test_act import ACT_TIMEOUT_S, ActLog, find_leaks, run_act, tail, write_dotenv
 
 WORKFLOW = ".github/workflows/e2e-matrix.yml"
 ENVIRONMENTS = ("dev", "uat", "prod")
 NEGATIVE = "qa"  # every QA_* secret but QA_DB_HOST
-SAMPLE = sorted(
-    [
-        "catalog.0001_initial",
-        "catalog.0002_product_sku",
-        "orders.0001_initial",
-        "orders.0002_seed_statuses",
-        "audit.0001_initial",
-        "audit.0002_test_hooks",
-    ]
-)
+SAMPLE = sorted(SAMPLE_MIGRATIONS)
 
 
 def recorded(lab: dict[str, Any], database: str) -> list[str]:

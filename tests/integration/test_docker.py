@@ -14,7 +14,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import ROOT, ActionRun, admin_sql, finish_action, parse_output_file, processes_mentioning, start_action
+from support import (
+    ROOT,
+    ActionRun,
+    admin_sql,
+    assert_failed_in,
+    finish_action,
+    parse_output_file,
+    processes_mentioning,
+    start_action,
+    with_docker,
+)
 
 SAMPLE_MIGRATIONS = 6
 LABEL = "io.github.bastion-migrate.command"
@@ -30,30 +40,13 @@ def containers() -> set[str]:
 @pytest.fixture
 def docker_inputs(base_inputs, lab):
     before = containers()
-    yield {
-        **base_inputs,
-        "mode": "docker",
-        "python": "",  # the image's own python
-        "working-directory": "",
-        "image": lab["image"],
-        "image-tag": lab["image_tag"],
-        "registry-username": lab["registry_user"],
-        "registry-password": lab["registry_password"],
-    }
+    yield with_docker(base_inputs, lab)
     assert containers() == before, "a container of the run was left behind"
 
 
 @pytest.fixture
 def secrets(secrets, lab):  # the registry password joins the scanned secrets
     return [*secrets, lab["registry_password"]]
-
-
-def assert_failed_in(run, stage: str) -> None:
-    assert run.returncode != 0, run.explain()
-    assert run.outputs["result"] == "failure", run.explain()
-    errors = [line for line in run.annotations if line.startswith("::error")]
-    assert len(errors) == 1, run.explain()
-    assert errors[0].startswith(f"::error title=bastion-migrate%3A {stage} failed::"), run.explain()
 
 
 def test_pull_with_credentials_then_migrate(action, docker_inputs, lab, fresh_db) -> None:

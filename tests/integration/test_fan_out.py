@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support import admin_sql, unique
+from support import admin_sql, unique, with_docker
 
 
 def accepted_logins(lab) -> int:
@@ -81,19 +81,7 @@ def test_fan_out_check_is_pending_when_any_database_is(action, base_inputs, lab,
 
 
 def test_fan_out_in_docker_mode_pulls_once(action, base_inputs, lab, databases) -> None:
-    inputs = {
-        **base_inputs,
-        "mode": "docker",
-        "python": "",
-        "working-directory": "",
-        "image": lab["image"],
-        "image-tag": lab["image_tag"],
-        "registry-username": lab["registry_user"],
-        "registry-password": lab["registry_password"],
-        "command": "migrate",
-        "db-name": "",
-        "databases": ",".join(databases),
-    }
+    inputs = {**with_docker(base_inputs, lab), "command": "migrate", "db-name": "", "databases": ",".join(databases)}
     run = action(inputs)
     assert run.returncode == 0, run.explain()
     assert run.stdout.count("image: ") == 1, "the image is prepared once for every database"

@@ -23,13 +23,20 @@ import socket
 import subprocess
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ActionRun, admin_sql, finish_action, processes_mentioning, start_action
+from support import (
+    ActionRun,
+    admin_sql,
+    finish_action,
+    processes_mentioning,
+    start_action,
+    start_lock_holder,
+    with_docker,
+)
 
 LABEL = "io.github.bastion-migrate.command"
 LOCK_CLASSID = 1651733614  # bastion_action.database.LOCK_NAMESPACE (also in action_locks' SQL)
@@ -169,31 +176,9 @@ def inputs(base_inputs: dict[str, str]) -> dict[str, str]:
     return {**base_inputs, "connect-timeout": "3"}
 
 
-def docker(inputs: dict[str, str], lab: Lab) -> dict[str, str]:
-    return {
-        **inputs,
-        "mode": "docker",
-        "python": "",
-        "working-directory": "",
-        "image": lab["image"],
-        "image-tag": lab["image_tag"],
-        "registry-username": lab["registry_user"],
-        "registry-password": lab["registry_password"],
-    }
-
-
 def with_lock_holder(lab: Lab, database: str) -> subprocess.Popen[bytes]:
     """Another deploy holding the migration lock of ``database`` (as database.lock_keys computes it)."""
-    crc = zlib.crc32(database.encode())
-    key2 = crc - (1 << 32) if crc >= (1 << 31) else crc
-    argv = list(lab["db_admin_argv"])
-    argv[argv.index("-d") + 1] = database
-    holder = subprocess.Popen(
-        [*argv, "-c", f"SELECT pg_advisory_lock({LOCK_CLASSID}, {key2})", "-c", "SELECT pg_sleep(60)"],
-        env={**os.environ, "PGAPPNAME": "other-deploy"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    holder = start_lock_holder(lab, database, seconds=60)
     wait_for(lambda: action_locks(lab, database), "the other deploy's lock", timeout=10)
     return holder
 
@@ -391,7 +376,7 @@ def test_11_command_exits_non_zero(action, inputs, lab, fresh_db, before) -> Non
 
 def test_12_image_missing(action, inputs, lab, fresh_db, before) -> None:
     tag = "absent-" + uuid.uuid4().hex[:8]
-    run = action({**docker(inputs, lab), "command": "migrate", "image-tag": tag})
+    run = action({**with_docker(inputs, lab), "command": "migrate", "image-tag": tag})
     assert_clean_failure(
         run,
         "pull",
@@ -405,7 +390,7 @@ def test_12_image_missing(action, inputs, lab, fresh_db, before) -> None:
 
 
 def test_13_registry_refuses_the_credentials(action, inputs, lab, fresh_db, before) -> None:
-    run = action({**docker(inputs, lab), "command": "migrate", "pull": "always", "registry-password": "wrong-pw"})
+    run = action({**with_docker(inputs, lab), "command": "migrate", "pull": "always", "registry-password": "wrong-pw"})
     assert_clean_failure(
         run,
         "pull",
@@ -419,7 +404,7 @@ def test_13_registry_refuses_the_credentials(action, inputs, lab, fresh_db, befo
 
 def test_14_docker_daemon_unreachable(action, inputs, lab, fresh_db, before, tmp_path) -> None:
     socket_path = tmp_path / "docker.sock"  # no daemon there: as when dockerd is not running
-    run = action({**docker(inputs, lab), "command": "migrate"}, extra_env={"DOCKER_HOST": f"unix://{socket_path}"})
+    run = action({**with_docker(inputs, lab), "command": "migrate"}, extra_env={"DOCKER_HOST": f"unix://{socket_path}"})
     assert_clean_failure(
         run,
         "pull",
@@ -466,7 +451,7 @@ def test_15_cancelled(phase: str, inputs, lab, fresh_db, before, tmp_path, secre
         def reached() -> bool:
             return admin_sql(lab, query % "bastion-migrate", fresh_db) != "0"
     else:  # docker mode: the container is running a slow migration
-        run_inputs = {**docker(run_inputs, lab), "extra-env": "SAMPLE_MIGRATION_SLEEP=60"}
+        run_inputs = {**with_docker(run_inputs, lab), "extra-env": "SAMPLE_MIGRATION_SLEEP=60"}
 
         def reached() -> bool:
             return "audit.0001_initial" in recorded(lab, fresh_db)
@@ -501,7 +486,7 @@ def test_15_cancelled(phase: str, inputs, lab, fresh_db, before, tmp_path, secre
 def test_16_two_concurrent_migrations(inputs, lab, fresh_db, before, tmp_path, secrets) -> None:
     """A docker run and a lightweight run (as two matrix jobs would) migrate one database at once."""
     slow = {**inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_SLEEP=1"}
-    variants = [slow, docker(slow, lab)]
+    variants = [slow, with_docker(slow, lab)]
     started = time.monotonic()
     processes = [start_action(variant, tmp_path / f"run{n}") for n, variant in enumerate(variants)]
     runs = [finish_action(process, tmp_path / f"run{n}", started, timeout=60) for n, process in enumerate(processes)]
@@ -547,7 +532,7 @@ def test_timeout(scenario: str, action, inputs, lab, fresh_db, before) -> None:
     stage, changes = TIMEOUTS[scenario]
     run_inputs = {**inputs, **{name: fill(value, lab, fresh_db) for name, value in changes.items()}}
     if run_inputs["mode"] == "docker":
-        run_inputs = {**docker(run_inputs, lab), "image": run_inputs["image"]}
+        run_inputs = {**with_docker(run_inputs, lab), "image": run_inputs["image"]}
     held = lock_held_by_another(lab, fresh_db) if stage == "lock" else contextlib.nullcontext()
     with held:
         run = action(run_inputs)

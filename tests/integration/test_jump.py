@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import admin_sql, finish_action, processes_mentioning, start_action
-from test_lightweight import SAMPLE_MIGRATIONS, applied_rows, assert_failed_in
+from support import admin_sql, assert_failed_in, finish_action, processes_mentioning, start_action
+from test_lightweight import SAMPLE_MIGRATIONS, applied_rows
 
 from bastion_action import settings, tunnel
 from bastion_action.errors import TunnelError

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import admin_sql, finish_action, processes_mentioning, start_action
+from support import admin_sql, assert_failed_in, finish_action, processes_mentioning, start_action
 
 SAMPLE_MIGRATIONS = 6  # catalog 2, orders 2, audit 2
 
@@ -19,16 +19,6 @@ SAMPLE_MIGRATIONS = 6  # catalog 2, orders 2, audit 2
 def applied_rows(lab: dict[str, Any], database: str) -> int:
     exists = admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database)
     return int(admin_sql(lab, "SELECT count(*) FROM django_migrations", database)) if exists == "t" else 0
-
-
-def assert_failed_in(run, stage: str) -> None:
-    assert run.returncode != 0, run.explain()
-    assert run.outputs["result"] == "failure", run.explain()
-    errors = [line for line in run.annotations if line.startswith("::error")]
-    assert len(errors) == 1, run.explain()
-    assert errors[0].startswith(f"::error title=bastion-migrate%3A {stage} failed::"), run.explain()
-    assert "Hint: " in errors[0]
-    assert f"Failed in the `{stage}` stage" in run.summary
 
 
 def test_lab_password_has_the_characters_that_break_the_recipe(lab) -> None:

@@ -5,22 +5,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from support import admin_sql, finish_action, processes_mentioning, start_action
+from support import (
+    SAMPLE_MIGRATIONS,
+    admin_sql,
+    finish_action,
+    processes_mentioning,
+    start_action,
+    start_lock_holder,
+    with_docker,
+)
 
-SAMPLE = [
-    "catalog.0001_initial",
-    "catalog.0002_product_sku",
-    "orders.0001_initial",
-    "orders.0002_seed_statuses",
-    "audit.0001_initial",
-    "audit.0002_test_hooks",
-]
+SAMPLE = list(SAMPLE_MIGRATIONS)
 
 
 def recorded(lab, database: str) -> list[str]:
@@ -92,14 +92,9 @@ def test_failed_migrate_names_the_migration_and_what_is_left(action, base_inputs
 
 @pytest.mark.parametrize("mode", ["lightweight", "docker"])
 def test_custom_command_exit_code_and_database_url(action, base_inputs, lab, mode) -> None:
-    inputs = {**base_inputs, "mode": mode, "command": "custom"}
+    inputs = {**base_inputs, "command": "custom"}
     if mode == "docker":
-        inputs |= {
-            "image": lab["image"],
-            "image-tag": lab["image_tag"],
-            "registry-username": lab["registry_user"],
-            "registry-password": lab["registry_password"],
-        }
+        inputs = with_docker(inputs, lab)
     script = (
         "import os, sys, urllib.parse as u; p = u.urlsplit(os.environ['DATABASE_URL']); "
         "print('custom sees', p.scheme, p.hostname, p.path); sys.exit(3)"
@@ -138,18 +133,7 @@ def test_two_concurrent_migrations_apply_each_migration_once(base_inputs, lab, f
 
 
 def test_lock_timeout_names_the_holder(action, base_inputs, lab, fresh_db) -> None:
-    import zlib  # noqa: PLC0415
-
-    crc = zlib.crc32(fresh_db.encode())
-    key2 = crc - (1 << 32) if crc >= (1 << 31) else crc
-    argv = list(lab["db_admin_argv"])
-    argv[argv.index("-d") + 1] = fresh_db
-    holder = subprocess.Popen(
-        [*argv, "-c", f"SELECT pg_advisory_lock(1651733614, {key2})", "-c", "SELECT pg_sleep(20)"],
-        env={**os.environ, "PGAPPNAME": "other-deploy"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    holder = start_lock_holder(lab, fresh_db, seconds=20)
     try:
         time.sleep(1)
         run = action({**base_inputs, "command": "migrate", "lock-timeout": "2"})
