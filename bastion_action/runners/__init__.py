@@ -1,0 +1,81 @@
+"""Where the command runs: one protocol, two implementations (the runner, the image).
+
+    Runner                     the protocol the orchestrator calls; it never asks which one it has
+    ├── local.LocalRunner      a subprocess on the runner (lightweight mode; compare mode's first view)
+    └── docker.ImageRunner     a container of the pulled image, host networking (docker mode)
+
+Both run the same command line (``command_argv``) with the same environment
+(``command_env``), the database URL pointing at the command's end of the tunnel.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from bastion_action.settings import AppSettings, Command, Settings
+
+
+class Runner(Protocol):
+    """Runs one command line to its end; ``tail`` keeps its last lines, ``on_line`` sees each as it comes."""
+
+    @property
+    def where(self) -> str:
+        """How titles name the place: ``""`` for the run's own place, ``"in the image"`` for a second view."""
+
+    def interpreter(self) -> str:
+        """The Python that runs ``manage.py`` here, as titles show it."""
+
+    async def ready(self) -> None:
+        """Return once a command can start here (in the image: once the run's pull is done)."""
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        database_url: str,
+        on_line: Callable[[str], None],
+        tail: collections.deque[str],
+    ) -> int:
+        """Run ``argv`` (``manage.py ...`` after this place's interpreter, or a custom command line)."""
+
+
+def command_argv(settings: Settings) -> list[str]:
+    """The command line after the interpreter: ``manage.py ...`` for Django, the args for custom."""
+    command = settings.command
+    if command is Command.CUSTOM:
+        return list(settings.args)
+    if command is Command.MIGRATE:
+        args = ["migrate", "--noinput"]
+        if settings.app.fake_initial:
+            args.append("--fake-initial")
+    elif command in {Command.PLAN, Command.CHECK}:
+        args = ["migrate", "--plan"]
+    else:
+        args = [command.value]
+    return [settings.app.manage_py, *args, *settings.args]
+
+
+def with_interpreter(settings: Settings, python: str, argv: Sequence[str]) -> list[str]:
+    """A custom command line runs as given; a Django one after the interpreter."""
+    return list(argv) if settings.command is Command.CUSTOM else [python, *argv]
+
+
+def command_env(app: AppSettings, database_url: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` less the action's inputs, plus the app's settings and the tunnel's database URL."""
+    env = {name: value for name, value in environ.items() if not name.startswith("INPUT_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(app.extra_env)
+    env[app.database_url_env] = database_url
+    if app.django_settings_module:
+        env["DJANGO_SETTINGS_MODULE"] = app.django_settings_module
+    if app.secret_key:
+        env["SECRET_KEY"] = app.secret_key
+    return env
+
+
+def title(settings: Settings, runner: Runner, argv: Sequence[str]) -> str:
+    """How the log names a command: ``python manage.py migrate ...`` (custom: its own words)."""
+    shown = " ".join(with_interpreter(settings, runner.interpreter(), argv))
+    return f"{runner.where}: {shown}" if runner.where else shown

@@ -16,8 +16,10 @@ import aiodocker
 import aiohttp
 from aiodocker.types import JSONObject
 
+from bastion_action import aio
 from bastion_action.errors import CommandError, PullError
-from bastion_action.settings import ImageSettings, PullPolicy
+from bastion_action.runners import command_env, with_interpreter
+from bastion_action.settings import ImageSettings, Mode, PullPolicy, Settings
 
 LABEL_PREFIX = "io.github.bastion-migrate"
 REMOVE_TIMEOUT_SECONDS = 20.0
@@ -198,11 +200,42 @@ class DockerRunner:
             result = await container.wait()
             return int(result["StatusCode"])
         finally:
-            await asyncio.shield(self._remove(container))
+            await aio.to_the_end(self._remove(container))  # however often the run is cancelled meanwhile
 
     async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
         with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError):
             await container.delete(force=True, timeout=REMOVE_TIMEOUT_SECONDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRunner:
+    """The production image: the command in a container of it, once the pull (shared by every database) is done."""
+
+    daemon: DockerRunner
+    image: asyncio.Future[PreparedImage]  # the run's one pull; awaited by each command before its container starts
+    settings: Settings
+    where: str = ""
+
+    def interpreter(self) -> str:
+        # In compare mode the `python` input names the runner's interpreter; the image has its own.
+        return self.settings.app.python if self.settings.mode is Mode.DOCKER else "python"
+
+    async def ready(self) -> None:
+        await asyncio.shield(self.image)  # one database's end must not cancel the others' pull
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        database_url: str,
+        on_line: Callable[[str], None],
+        tail: collections.deque[str],
+    ) -> int:
+        image = await asyncio.shield(self.image)  # one database's end must not cancel the others' pull
+        env = command_env(self.settings.app, database_url, {})
+        labels = {"environment": self.settings.environment, "command": self.settings.command.value}
+        argv = with_interpreter(self.settings, self.interpreter(), argv)
+        return await self.daemon.run(image, argv, env=env, labels=labels, on_line=on_line, tail=tail)
 
 
 def _own_container_id_if_containerised() -> str | None:

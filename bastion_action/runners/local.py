@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import os
 import shutil
 import signal
@@ -13,6 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bastion_action.errors import CommandError, SettingsError
+from bastion_action.runners import command_env, with_interpreter
+from bastion_action.settings import Command, Settings
 
 TERMINATE_GRACE_SECONDS = 5.0
 _PR_SET_CHILD_SUBREAPER = 36
@@ -43,6 +46,43 @@ def check_working_directory(path: Path) -> None:
             f"working-directory: expected an existing directory, {str(path)!r} is not one",
             hint="Check out the repository first (actions/checkout) and give the directory holding manage.py.",
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRunner:
+    """The runner itself: ``python manage.py ...`` in working-directory, with the runner's environment."""
+
+    settings: Settings
+    python: str  # resolved to an absolute path; unused by a custom command
+    environ: Mapping[str, str]
+    where: str = ""
+
+    def interpreter(self) -> str:
+        return self.settings.app.python
+
+    async def ready(self) -> None:
+        return
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        database_url: str,
+        on_line: Callable[[str], None],
+        tail: collections.deque[str],
+    ) -> int:
+        env = command_env(self.settings.app, database_url, self.environ)
+        argv = with_interpreter(self.settings, self.python, argv)
+        return await run(argv, cwd=self.settings.app.working_directory, env=env, on_line=on_line, tail=tail)
+
+
+def prepare(settings: Settings, environ: Mapping[str, str]) -> LocalRunner:
+    """Check the working directory and find the interpreter now: both are settings errors, before any connection."""
+    check_working_directory(settings.app.working_directory)
+    python = ""
+    if settings.command is not Command.CUSTOM:
+        python = resolve_python(settings.app.python, settings.app.working_directory)
+    return LocalRunner(settings, python, environ)
 
 
 def _kill_group(process: asyncio.subprocess.Process, sig: int) -> None:

@@ -1,0 +1,47 @@
+"""Small asyncio helpers for ending work cleanly when cancellations arrive more than once (stdlib only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+
+async def stop(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel each task once and wait until all have ended.
+
+    A task already asked to stop is not cancelled again: a second cancel would break
+    into its cleanup (a container being removed, a process group being ended). The wait
+    itself does not pass a cancel of the caller on to the tasks.
+    """
+    running = [task for task in tasks if not task.done()]
+    for task in running:
+        if not (isinstance(task, asyncio.Task) and task.cancelling()):
+            task.cancel()
+    if running:
+        await asyncio.wait(running)
+    for task in tasks:  # mark exceptions as retrieved: each task's owner has reported what mattered
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
+async def to_the_end(cleanup: Awaitable[_T]) -> _T:
+    """Run ``cleanup`` to its end even if the caller is cancelled meanwhile; then let the cancel through."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        current = asyncio.current_task()
+        with contextlib.suppress(Exception):
+            task.result()
+        if current is not None:
+            current.uncancel()
+        raise asyncio.CancelledError
+    return task.result()

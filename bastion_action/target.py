@@ -1,0 +1,235 @@
+"""One database's path: gate -> tunnel -> probe -> lock -> command -> results.
+
+A run works on one database, or on several behind the same bastion (fan-out);
+either way each database goes through ``run_database`` with what the run shares
+(``Shared``: the SSH connection, the runner, the prepared image), built once.
+
+The command's end of the tunnel (the gate) is bound before anything slow, so the
+command starts first; its connections reach the database only once the lock is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
+
+from bastion_action import aio, outcome
+from bastion_action.clock import Clock
+from bastion_action.errors import PendingMigrationsError, Stage, TunnelError
+from bastion_action.gha import Console
+from bastion_action.launch import Launched, launch
+from bastion_action.report import TAIL_LINES, Result, RunResult
+from bastion_action.runners import Runner, command_argv, title
+from bastion_action.settings import Command, DatabaseSettings, Settings
+
+if TYPE_CHECKING:
+    from bastion_action import database, tunnel
+
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """What every database of a run uses, built once by the pipeline."""
+
+    settings: Settings
+    console: Console
+    runner: Runner | None  # where the command runs; None for `probe`, which runs nothing
+    chain: asyncio.Future[tunnel.Chain]  # the SSH connection to the bastion, once it is up
+    second: Runner | None = None  # compare mode: the image's view, run after the runner's
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One database of the run, its bound gate socket, and where its results go."""
+
+    db: DatabaseSettings
+    sock: socket.socket
+    result: RunResult
+    clock: Clock
+    label: str = ""  # fan-out: the database's name, prefixed to its log lines
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+
+async def while_tunnel_up(work: Awaitable[_T], opened: tunnel.Tunnel) -> _T:
+    """The work's result, unless the tunnel ends first: then the work is stopped (never a hang on a dead link)."""
+    running = asyncio.ensure_future(work)
+    dropped = asyncio.ensure_future(opened.wait_closed())
+    try:
+        await asyncio.wait({running, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            return running.result()
+    finally:
+        await aio.stop(running, dropped)
+    raise TunnelError(
+        "the SSH connection to the bastion ended while the run used it; what was running was stopped",
+        hint="The bastion or the network dropped the link (keepalives went unanswered). "
+        "Re-run; if it repeats, check the bastion's sshd logs and idle timeouts.",
+        anchor="tunnel-dropped",
+    )
+
+
+class _Database:
+    """The state of one database's path while it runs (see ``run_database``)."""
+
+    def __init__(self, shared: Shared, target: Target) -> None:
+        self.shared = shared
+        self.target = target
+        self.settings = dataclasses.replace(shared.settings, db=target.db)
+        self.console = shared.console
+        self.result = target.result
+        self.clock = target.clock
+        self.url = target.db.url(target.port)
+        self.main: Launched | None = None
+
+    def say(self, text: str) -> None:
+        label = self.target.label
+        self.console.line(f"[{label}] {text}" if label else text)
+
+    def launch(self, runner: Runner, argv: list[str], shown: str) -> Launched:
+        label = self.target.label
+        shown = f"[{label}] {shown}" if label else shown
+        return launch(self.console, runner, argv, shown, database_url=self.url, hold=bool(label))
+
+    def launch_main(self) -> None:
+        runner = self.shared.runner
+        if runner is not None and self.main is None:
+            argv = command_argv(self.settings)
+            self.main = self.launch(runner, argv, title(self.settings, runner, argv))
+
+    async def follow_up(self, runner: Runner, argv: list[str], shown: str, opened: tunnel.Tunnel) -> tuple[int, str]:
+        """A second command (the gate is open by now), run to its end: its exit code and output."""
+        launched = self.launch(runner, argv, shown)
+        try:
+            code = await while_tunnel_up(launched.wait(), opened)
+        finally:
+            await launched.stop()
+        return code, "\n".join(launched.output)
+
+    async def connect(
+        self, stack: contextlib.AsyncExitStack, chain: tunnel.Chain, gate: tunnel.Gate
+    ) -> tuple[tunnel.Tunnel, database.Session]:
+        from bastion_action import database, tunnel  # noqa: PLC0415 - loaded by the pipeline in a thread
+
+        settings, result, db = self.settings, self.result, self.target.db
+        ssh = settings.ssh
+        with self.clock.stage_of(Stage.TUNNEL):
+            opened = await stack.enter_async_context(tunnel.forward(chain, db.host, db.port))
+        result.tunnel_port = self.target.port  # reported once the tunnel behind it exists
+        if settings.command.read_only and not settings.lock:
+            gate.open(opened, db.host, db.port)  # nothing to lock: the command's work overlaps the probe
+        hops = "".join(f"{hop} -> " for hop in ssh.jump_hosts)
+        self.say(
+            f"tunnel: 127.0.0.1:{self.target.port} -> {db.host}:{db.port} via {hops}{ssh.user}@{ssh.host}:{ssh.port} "
+            f"({self.clock.seconds(Stage.TUNNEL):.2f} s)"
+        )
+        with self.clock.stage_of(Stage.PROBE):
+            session = await while_tunnel_up(
+                stack.enter_async_context(
+                    database.session(db, opened.port, ssh.connect_timeout, explain=opened.forward_failure)
+                ),
+                opened,
+            )
+            server = await while_tunnel_up(session.describe(), opened)
+        result.server = server
+        self.say(
+            f"probe: PostgreSQL {server.version}, database {server.database} as {server.user}, "
+            f"SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
+        )
+        return opened, session
+
+    async def lock(self, session: database.Session, opened: tunnel.Tunnel) -> None:
+        from bastion_action import database  # noqa: PLC0415 - loaded by the pipeline in a thread
+
+        with self.clock.stage_of(Stage.LOCK):
+            waited = await while_tunnel_up(session.lock(self.settings.lock_timeout, self.say), opened)
+        self.result.lock_wait = waited
+        key1, key2 = database.lock_keys(self.target.db.name)
+        self.say(f"lock: pg_advisory_lock({key1}, {key2}) held after {waited:.2f} s")
+
+    async def command(self, opened: tunnel.Tunnel, session: database.Session, gate: tunnel.Gate) -> None:
+        settings, result, db = self.settings, self.result, self.target.db
+        # A read-only command cannot apply anything: no "before" state is needed, and its gate may be open already.
+        before = None if settings.command.read_only else await session.snapshot()
+        self.launch_main()  # a custom command starts only now, under the lock; a Django one started at once
+        assert self.main is not None  # noqa: S101 - every command but probe has a runner
+        # From here on the command reaches the database: the lock is held, the "before" state is known.
+        gate.open(opened, db.host, db.port)
+        with self.clock.stage_of(Stage.COMMAND):
+            try:
+                result.exit_code = await while_tunnel_up(self.main.wait(), opened)
+            finally:  # the summary shows the tail of the user's command, not of follow-ups
+                result.output_tail = [self.console.redact(line) for line in list(self.main.output)[-TAIL_LINES:]]
+            output = "\n".join(self.main.output)
+            second = self.shared.second
+            if second is not None and result.exit_code == 0:
+                argv = command_argv(settings)
+                code, in_image = await self.follow_up(second, argv, title(settings, second, argv), opened)
+                if code != 0:
+                    result.exit_code = code
+                else:
+                    result.drift, drifted = outcome.drift(output, in_image)
+                    if drifted is not None:
+                        raise drifted
+        found = await self.results(opened, session, before, output) if settings.command.django else None
+        failure = outcome.verdict(settings.command, command_argv(settings), result.exit_code, found)
+        if isinstance(failure, PendingMigrationsError):
+            result.exit_code = 1
+        if failure is not None:
+            raise failure
+
+    async def results(
+        self, opened: tunnel.Tunnel, session: database.Session, before: list[tuple[str, str]] | None, output: str
+    ) -> outcome.Outcome:
+        """Structured results: what the database recorded, what Django printed."""
+        settings, result = self.settings, self.result
+        after = await session.snapshot()
+        planned = ""
+        assert result.exit_code is not None  # noqa: S101 - the command has ended
+        if self.shared.runner is not None and outcome.needs_plan(settings.command, result.exit_code, settings.args):
+            argv = [settings.app.manage_py, "migrate", "--plan"]
+            code, plan = await self.follow_up(self.shared.runner, argv, "what is left: migrate --plan", opened)
+            planned = plan if code == 0 else ""
+        found = outcome.interpret(settings.command, output, before, after, planned)
+        result.applied, result.migrations, result.pending = found.applied, found.migrations, found.pending
+        result.failed_migration = found.failed_migration
+        return found
+
+
+async def run_database(shared: Shared, target: Target) -> None:
+    """Gate, tunnel, probe, lock, command, results for one database; raises the first failure.
+
+    A Django command starts at once (the gate holds its connections); the rest waits for the
+    shared SSH connection. Everything this database opened is closed on the way out.
+    """
+    path = _Database(shared, target)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            if shared.settings.command.django:
+                path.launch_main()
+            chain = await asyncio.shield(shared.chain)  # one database's end must not cancel the others' connection
+            from bastion_action import tunnel  # noqa: PLC0415 - imported by the pipeline (in a thread) by now
+
+            gate = await stack.enter_async_context(tunnel.gate(target.sock))
+            opened, session = await path.connect(stack, chain, gate)
+            for runner in (shared.runner, shared.second):
+                if runner is not None:
+                    await runner.ready()  # the lock is not held while the image is still being pulled
+            if path.settings.command is not Command.PROBE:
+                if path.settings.lock:
+                    await path.lock(session, opened)
+                try:
+                    await path.command(opened, session, gate)
+                finally:
+                    await session.unlock()
+        finally:
+            if path.main is not None:
+                await path.main.stop()
+    target.result.result = Result.SUCCESS

@@ -1,0 +1,143 @@
+"""Pure interpretation of a finished command: Django's output + django_migrations rows -> results, verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion_action import outcome
+from bastion_action.errors import CommandError, PendingMigrationsError
+from bastion_action.migrations import State
+from bastion_action.settings import Command
+
+BEFORE = [("contenttypes", "0001_initial"), ("catalog", "0001_initial")]
+AFTER = [*BEFORE, ("catalog", "0002_product_sku"), ("orders", "0001_initial")]
+
+SHOWMIGRATIONS = """\
+catalog
+ [X] 0001_initial
+ [ ] 0002_product_sku
+orders
+ [ ] 0001_initial
+"""
+
+MIGRATE_PLAN = """\
+Planned operations:
+catalog.0002_product_sku
+    Add field sku to product
+orders.0001_initial
+    Create model Order
+"""
+
+MIGRATE_FAILED = """\
+Operations to perform:
+  Apply all migrations: catalog, orders
+Running migrations:
+  Applying catalog.0002_product_sku... OK
+  Applying orders.0001_initial...Traceback (most recent call last):
+django.db.utils.ProgrammingError: relation "orders_order" already exists
+"""
+
+
+def states(found: outcome.Outcome) -> dict[str, list[tuple[str, State]]]:
+    return {app: [(m.name, m.state) for m in items] for app, items in found.migrations.items()}
+
+
+def test_showmigrations_reads_the_state_from_djangos_list() -> None:
+    found = outcome.interpret(Command.SHOWMIGRATIONS, SHOWMIGRATIONS, None, BEFORE)
+    assert found.applied == []
+    assert states(found) == {
+        "catalog": [("0001_initial", State.APPLIED), ("0002_product_sku", State.PENDING)],
+        "orders": [("0001_initial", State.PENDING)],
+    }
+    assert found.pending == ["catalog.0002_product_sku", "orders.0001_initial"]
+    assert found.failed_migration is None
+
+
+def test_showmigrations_plan_format_when_args_ask_for_it() -> None:
+    text = "[X]  catalog.0001_initial\n[ ]  orders.0001_initial\n"
+    found = outcome.interpret(Command.SHOWMIGRATIONS, text, None, BEFORE)
+    assert states(found) == {"catalog": [("0001_initial", State.APPLIED)], "orders": [("0001_initial", State.PENDING)]}
+    assert found.pending == ["orders.0001_initial"]
+
+
+@pytest.mark.parametrize("command", [Command.PLAN, Command.CHECK])
+def test_plan_and_check_combine_the_rows_with_the_plan(command: Command) -> None:
+    found = outcome.interpret(command, MIGRATE_PLAN, None, BEFORE)
+    assert found.pending == ["catalog.0002_product_sku", "orders.0001_initial"]
+    assert states(found)["catalog"] == [("0001_initial", State.APPLIED), ("0002_product_sku", State.PENDING)]
+    assert states(found)["contenttypes"] == [("0001_initial", State.APPLIED)]
+
+
+def test_migrate_reports_what_this_run_recorded_in_order() -> None:
+    found = outcome.interpret(Command.MIGRATE, "Running migrations:\n  Applying x... OK\n", BEFORE, AFTER)
+    assert found.applied == ["catalog.0002_product_sku", "orders.0001_initial"]
+    assert found.pending == []
+
+
+def test_a_failed_migrate_names_the_migration_and_what_is_left() -> None:
+    after = [*BEFORE, ("catalog", "0002_product_sku")]
+    planned = "Planned operations:\norders.0001_initial\n    Create model Order\n"
+    found = outcome.interpret(Command.MIGRATE, MIGRATE_FAILED, BEFORE, after, planned)
+    assert found.applied == ["catalog.0002_product_sku"]
+    assert found.failed_migration == "orders.0001_initial"
+    assert found.pending == ["orders.0001_initial"]
+
+
+@pytest.mark.parametrize(
+    ("command", "exit_code", "args", "expected"),
+    [
+        pytest.param(Command.MIGRATE, 0, (), False, id="migrate-ok"),
+        pytest.param(Command.MIGRATE, 1, (), True, id="migrate-failed"),
+        pytest.param(Command.MIGRATE, 0, ("catalog", "0001"), True, id="migrate-targeted"),
+        pytest.param(Command.SHOWMIGRATIONS, 1, (), False, id="showmigrations"),
+        pytest.param(Command.CHECK, 0, ("catalog",), False, id="check"),
+    ],
+)
+def test_needs_plan(command: Command, exit_code: int, args: tuple[str, ...], expected: bool) -> None:
+    assert outcome.needs_plan(command, exit_code, args) is expected
+
+
+def test_verdict_of_a_failed_command_carries_its_exit_code_and_migration() -> None:
+    found = outcome.Outcome(applied=[], migrations={}, pending=["orders.0001_initial"], failed_migration="orders.0001")
+    error = outcome.verdict(Command.MIGRATE, ["manage.py", "migrate", "--noinput"], 3, found)
+    assert type(error) is CommandError
+    assert error.message == "`manage.py migrate --noinput` exited with code 3 while applying orders.0001"
+    assert error.exit_code == 3
+
+
+def test_verdict_of_check_with_pending_migrations_is_pending_not_failure() -> None:
+    pending = [f"app.{n:04d}" for n in range(25)]
+    found = outcome.Outcome(applied=[], migrations={}, pending=pending)
+    error = outcome.verdict(Command.CHECK, ["manage.py", "migrate", "--plan"], 0, found)
+    assert isinstance(error, PendingMigrationsError)
+    assert error.exit_code == 1
+    assert error.message == "25 migration(s) not applied: " + ", ".join(pending[:20]) + " ..."
+
+
+@pytest.mark.parametrize("command", [Command.SHOWMIGRATIONS, Command.PLAN, Command.MIGRATE])
+def test_pending_migrations_fail_only_check(command: Command) -> None:
+    found = outcome.Outcome(applied=[], migrations={}, pending=["a.0001"])
+    assert outcome.verdict(command, ["manage.py"], 0, found) is None
+
+
+def test_a_custom_command_is_judged_by_its_exit_code_alone() -> None:
+    assert outcome.verdict(Command.CUSTOM, ["alembic", "upgrade", "head"], 0, None) is None
+    error = outcome.verdict(Command.CUSTOM, ["alembic", "upgrade", "head"], 2, None)
+    assert error is not None
+    assert error.message == "`alembic upgrade head` exited with code 2"
+
+
+def test_drift_between_the_runner_and_the_image() -> None:
+    image = "catalog\n [X] 0001_initial\norders\n [ ] 0001_initial\n"
+    found, error = outcome.drift(SHOWMIGRATIONS, image)
+    assert found == ["catalog.0002_product_sku only on the runner"]
+    assert error is not None
+    assert error.anchor == "drift"
+    assert (
+        error.message
+        == "the runner and the image disagree on 1 migration(s): catalog.0002_product_sku only on the runner"
+    )
+
+
+def test_no_drift_when_both_agree() -> None:
+    assert outcome.drift(SHOWMIGRATIONS, SHOWMIGRATIONS) == ([], None)

@@ -1,0 +1,273 @@
+"""Where the command runs: the command line, its environment, and the runner's process handling."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from factories import make_settings
+
+from bastion_action.errors import CommandError, SettingsError
+from bastion_action.runners import command_argv, command_env, local, title
+from bastion_action.runners import docker as docker_runner
+
+URL = "postgresql://migrator:x@127.0.0.1:40001/app?sslmode=prefer"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({}, ["manage.py", "migrate", "--noinput", "--fake-initial"], id="migrate"),
+        pytest.param({"fake_initial": "false"}, ["manage.py", "migrate", "--noinput"], id="migrate-no-fake"),
+        pytest.param({"command": "plan"}, ["manage.py", "migrate", "--plan"], id="plan"),
+        pytest.param({"command": "check"}, ["manage.py", "migrate", "--plan"], id="check"),
+        pytest.param(
+            {"command": "showmigrations", "args": "--plan catalog"},
+            ["manage.py", "showmigrations", "--plan", "catalog"],
+            id="args",
+        ),
+        pytest.param(
+            {"command": "custom", "args": "alembic upgrade 'head'"}, ["alembic", "upgrade", "head"], id="custom"
+        ),
+        pytest.param(
+            {"manage_py": "src/manage.py", "command": "showmigrations"},
+            ["src/manage.py", "showmigrations"],
+            id="manage-py",
+        ),
+    ],
+)
+def test_command_argv(overrides: dict[str, str], expected: list[str]) -> None:
+    assert command_argv(make_settings(**overrides)) == expected
+
+
+def test_command_env_drops_inputs_and_sets_the_apps_settings() -> None:
+    app = make_settings(
+        database_url_env="DB_URL",
+        django_settings_module="proj.settings.prod",
+        secret_key="k3y",
+        extra_env="FEATURE=on\nDATABASE_URL=kept",
+    ).app
+    env = command_env(app, URL, {"PATH": "/usr/bin", "INPUT_DB_PASSWORD": "pw", "HOME": "/root"})
+    assert env == {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "PYTHONUNBUFFERED": "1",
+        "FEATURE": "on",
+        "DATABASE_URL": "kept",
+        "DB_URL": URL,
+        "DJANGO_SETTINGS_MODULE": "proj.settings.prod",
+        "SECRET_KEY": "k3y",
+    }
+
+
+def test_titles_name_the_interpreter_as_given_and_the_second_view(tmp_path: Path) -> None:
+    parsed = make_settings(tmp_path, python=sys.executable, command="showmigrations")
+    runner = local.prepare(parsed, {})
+    argv = command_argv(parsed)
+    assert title(parsed, runner, argv) == f"{sys.executable} manage.py showmigrations"
+    compare = make_settings(tmp_path, mode="compare", command="showmigrations", image="reg.example.com/app:1")
+    image = docker_runner.ImageRunner(None, None, compare, where="in the image")  # type: ignore[arg-type]
+    assert title(compare, image, argv) == "in the image: python manage.py showmigrations"
+    custom = make_settings(tmp_path, command="custom", args="alembic upgrade head")
+    assert title(custom, local.prepare(custom, {}), command_argv(custom)) == "alembic upgrade head"
+
+
+def test_prepare_names_a_missing_working_directory(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        local.prepare(make_settings(tmp_path, working_directory="nowhere"), {})
+    assert (
+        info.value.message
+        == f"working-directory: expected an existing directory, {str(tmp_path / 'nowhere')!r} is not one"
+    )
+
+
+def test_prepare_names_a_missing_interpreter_but_a_custom_command_needs_none(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        local.prepare(make_settings(tmp_path, python="no-such-python-3.99"), {})
+    assert info.value.message.startswith("python: expected an interpreter name on PATH or an absolute path")
+    custom = local.prepare(make_settings(tmp_path, python="no-such-python-3.99", command="custom", args="true"), {})
+    assert custom.python == ""
+
+
+def test_a_relative_interpreter_path_is_found_in_the_working_directory(tmp_path: Path) -> None:
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(sys.executable)
+    runner = local.prepare(make_settings(tmp_path, python=".venv/bin/python"), {})
+    assert runner.python == str(venv_python)
+
+
+MANAGE_PY = """\
+import os, sys
+print("argv", *sys.argv[1:])
+print("url", os.environ["DATABASE_URL"])
+print("inputs", sorted(name for name in os.environ if name.startswith("INPUT_")))
+sys.stdout.write("no newline at the end")
+sys.exit(int(os.environ.get("EXIT", "0")))
+"""
+
+
+async def run_local(tmp_path: Path, environ: dict[str, str], **overrides: str) -> tuple[int, list[str], list[str]]:
+    (tmp_path / "manage.py").write_text(MANAGE_PY)
+    runner = local.prepare(make_settings(tmp_path, python=sys.executable, **overrides), environ)
+    shown: list[str] = []
+    tail: collections.deque[str] = collections.deque(maxlen=3)
+    code = await runner.run(["manage.py", "showmigrations"], database_url=URL, on_line=shown.append, tail=tail)
+    return code, shown, list(tail)
+
+
+async def test_the_local_runner_runs_python_manage_py_with_the_url(tmp_path: Path) -> None:
+    environ = {"PATH": os.environ["PATH"], "INPUT_SSH_PASSWORD": "pw", "EXIT": "3"}
+    code, shown, tail = await run_local(tmp_path, environ)
+    assert code == 3
+    assert shown == ["argv showmigrations", f"url {URL}", "inputs []", "no newline at the end"]
+    assert tail == shown[-3:]
+
+
+async def test_a_command_killed_by_a_signal_exits_as_a_shell_reports_it(tmp_path: Path) -> None:
+    script = tmp_path / "die.py"
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    tail: collections.deque[str] = collections.deque()
+    code = await local.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ), on_line=print, tail=tail)
+    assert code == 128 + signal.SIGKILL
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in {"Z", "X"}
+
+
+async def test_cancelling_a_command_ends_its_whole_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = tmp_path / "tree.py"
+    script.write_text(
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    ready = asyncio.Event()
+    tail: collections.deque[str] = collections.deque()
+
+    def on_line(line: str) -> None:
+        if line == "ready":
+            ready.set()
+
+    running = asyncio.ensure_future(
+        local.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ), on_line=on_line, tail=tail)
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    parent, child = map(int, pids.read_text().split())
+    assert alive(parent)
+    assert alive(child)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert not alive(parent)
+    assert not alive(child)
+
+
+async def test_a_command_that_cannot_start_is_a_command_error(tmp_path: Path) -> None:
+    tail: collections.deque[str] = collections.deque()
+    with pytest.raises(CommandError) as info:
+        await local.run([str(tmp_path / "missing")], cwd=tmp_path, env={}, on_line=print, tail=tail)
+    assert info.value.message == f"cannot start {tmp_path / 'missing'}: No such file or directory"
+
+
+class FakeDaemon:
+    """Stands in for the Docker daemon connection: records what the image runner asks it to run."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def run(self, image: docker_runner.PreparedImage, argv: list[str], **kwargs: Any) -> int:
+        self.calls.append({"image": image, "argv": argv, **kwargs})
+        kwargs["on_line"]("migrated")
+        return 0
+
+
+@pytest.mark.parametrize(("mode", "interpreter"), [("docker", "python3.12"), ("compare", "python")])
+async def test_the_image_runner_waits_for_the_pull_and_uses_the_images_interpreter(mode: str, interpreter: str) -> None:
+    parsed = make_settings(
+        mode=mode, command="showmigrations", image="reg.example.com/app:1", python="python3.12", environment="dev"
+    )
+    daemon = FakeDaemon()
+    pulled: asyncio.Future[docker_runner.PreparedImage] = asyncio.get_running_loop().create_future()
+    runner = docker_runner.ImageRunner(daemon, pulled, parsed)  # type: ignore[arg-type]
+    shown: list[str] = []
+    running = asyncio.ensure_future(
+        runner.run(["manage.py", "showmigrations"], database_url=URL, on_line=shown.append, tail=collections.deque())
+    )
+    await asyncio.sleep(0.05)
+    assert daemon.calls == []  # no container before the image is there
+    image = docker_runner.PreparedImage(image_id="sha256:" + "1" * 64, digest=None, pulled=True)
+    pulled.set_result(image)
+    assert await running == 0
+    [call] = daemon.calls
+    assert call["image"] is image
+    assert call["argv"] == [interpreter, "manage.py", "showmigrations"]
+    assert call["env"]["DATABASE_URL"] == URL
+    assert "PATH" not in call["env"]  # the runner's environment stays on the runner
+    assert call["labels"] == {"environment": "dev", "command": "showmigrations"}
+    assert shown == ["migrated"]
+
+
+async def test_one_database_ending_does_not_cancel_the_shared_pull() -> None:
+    parsed = make_settings(mode="docker", image="reg.example.com/app:1")
+    pulled: asyncio.Future[docker_runner.PreparedImage] = asyncio.get_running_loop().create_future()
+    runner = docker_runner.ImageRunner(FakeDaemon(), pulled, parsed)  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(
+        runner.run(["manage.py"], database_url=URL, on_line=print, tail=collections.deque())
+    )
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert not pulled.cancelled()
+    pulled.cancel()
+
+
+def test_docker_pure_parts() -> None:
+    layers: dict[str, str] = {}
+    assert (
+        docker_runner._progress_line({"status": "Pulling from team/app", "id": "1"}, layers) == "Pulling from team/app"
+    )
+    assert docker_runner._progress_line({"status": "Downloading", "id": "abc"}, layers) is None
+    assert docker_runner._progress_line({"status": "Pull complete", "id": "abc"}, layers) == "abc: Pull complete"
+    assert docker_runner._progress_line({"status": "Pull complete", "id": "abc"}, layers) is None
+    container = "a" * 64
+    mountinfo = f"1 2 0:1 /docker/containers/{container}/hostname /etc/hostname rw - ext4 /dev/x rw\n"
+    assert docker_runner.own_container_id(mountinfo) == container
+    assert docker_runner.own_container_id("1 2 0:1 / / rw - ext4 /dev/x rw\n") is None
+
+
+@pytest.mark.parametrize(
+    ("message", "anchor", "start"),
+    [
+        ("unauthorized: authentication required", "registry-authentication", "the registry reg:5000 refused"),
+        ("manifest unknown", "image-not-found", "reg:5000/app:1 was not found in reg:5000"),
+        ("x509: certificate signed by unknown authority", "pull", "TLS with reg:5000 failed"),
+        ("something else", "pull", "pulling reg:5000/app:1 failed: something else"),
+    ],
+)
+def test_pull_errors_are_classified(message: str, anchor: str, start: str) -> None:
+    error = docker_runner._classify(message, "reg:5000/app:1", "reg:5000")
+    assert error.anchor == anchor
+    assert error.message.startswith(start)
+
+
+async def test_docker_log_frames_are_split_into_lines() -> None:
+    async def frames():  # type: ignore[no-untyped-def]
+        for chunk in ["one\ntw", "o\r\nthr", "ee"]:
+            yield chunk
+
+    assert [line async for line in docker_runner._lines(frames())] == ["one", "two", "three"]
