@@ -1,9 +1,17 @@
-"""The action's inputs: one row per input holding every fact about it, and the raw ``INPUT_*`` reader."""
+"""The action's inputs: one row per input holding every fact about it, and typed reading of their raw text."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
+import math
+import re
 from collections.abc import Mapping
+from typing import TypeVar
+
+from bastion_action.errors import SettingsError, input_error
+
+_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,3 +184,73 @@ def raw_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     string means "not given", as in GitHub's composite actions.
     """
     return {spec.name: environ[spec.env] for spec in INPUTS if spec.env in environ}
+
+
+class Reader:
+    """Typed access to raw inputs; each parse error names its input (and the secret it was read from)."""
+
+    def __init__(self, raw: Mapping[str, str], secret_names: Mapping[str, str] | None = None) -> None:
+        self._raw = raw
+        self._secret_names = secret_names or {}
+
+    def text(self, name: str) -> str:
+        value = self._raw.get(name, "")
+        if not value.strip():
+            value = INPUTS_BY_NAME[name].default
+        return value if INPUTS_BY_NAME[name].secret else value.strip()
+
+    def optional(self, name: str) -> str | None:
+        return self.text(name) or None
+
+    def unset_secrets(self, *names: str) -> str:
+        """`` (secrets A and B are not set)`` for inputs the secrets-by-prefix layer looked for; else ''."""
+        secrets = [self._secret_names[name] for name in names if name in self._secret_names]
+        if not secrets:
+            return ""
+        if len(secrets) == 1:
+            return f" (secret {secrets[0]} is not set)"
+        return f" (secrets {' and '.join(secrets)} are not set)"
+
+    def required(self, name: str, what: str) -> str:
+        value = self.text(name)
+        if not value.strip():
+            unset = self.unset_secrets(name)
+            raise SettingsError(
+                f"{name}: required, expected {what}, got nothing{unset}",
+                hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
+            )
+        return value
+
+    def port(self, name: str, *, allow_zero: bool = False) -> int:
+        value = self.text(name)
+        low = 0 if allow_zero else 1
+        if not re.fullmatch(r"[0-9]{1,5}", value) or not low <= int(value) <= 65535:  # noqa: PLR2004
+            raise input_error(name, f"a port number {low}-65535", value)
+        return int(value)
+
+    def seconds(self, name: str) -> float:
+        value = self.text(name)
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number <= 0:
+            raise input_error(name, "a number of seconds greater than 0", value)
+        return number
+
+    def boolean(self, name: str) -> bool:
+        value = self.text(name).lower()
+        expected = "auto, true or false" if INPUTS_BY_NAME[name].default == "auto" else "true or false"
+        if value in {"true", "yes", "1", "on"}:
+            return True
+        if value in {"false", "no", "0", "off"}:
+            return False
+        raise input_error(name, expected, value)
+
+    def choice(self, name: str, enum_type: type[_E]) -> _E:
+        value = self.text(name).lower()
+        try:
+            return enum_type(value)
+        except ValueError:
+            choices = " | ".join(member.value for member in enum_type)
+            raise input_error(name, f"one of {choices}", value) from None

@@ -1,4 +1,4 @@
-"""Pure parsing of the reference syntaxes inputs use: image references, registry hosts, jump hosts, databases."""
+"""Pure parsing of the reference syntaxes inputs use: hosts, host key fingerprints, databases, images, registries."""
 
 from __future__ import annotations
 
@@ -36,6 +36,20 @@ def parse_jump_hosts(text: str, default_user: str) -> tuple[JumpHost, ...]:
             raise input_error("ssh-jump-hosts", "[user@]host[:port] entries separated by commas or newlines", hop)
         hops.append(JumpHost(user=match["user"] or default_user, host=match["host"].strip("[]"), port=port))
     return tuple(hops)
+
+
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
+
+
+def parse_fingerprints(text: str) -> tuple[str, ...]:
+    """``ssh-host-fingerprint``: ``SHA256:<base64>`` entries separated by commas, spaces or newlines."""
+    fingerprints = tuple(re.split(r"[\s,]+", text.strip())) if text else ()
+    for fingerprint in fingerprints:
+        if not _FINGERPRINT.fullmatch(fingerprint):
+            raise input_error(
+                "ssh-host-fingerprint", "SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints it", fingerprint
+            )
+    return fingerprints
 
 
 class DatabaseTarget(NamedTuple):

@@ -4,30 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 import os
 import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from bastion_action import sources
 from bastion_action.errors import SettingsError, input_error
-from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec, raw_from_environ
-from bastion_action.redaction import secret_forms
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec, Reader, raw_from_environ
+from bastion_action.redaction import masks, secret_forms
 from bastion_action.references import (
     ImageReference,
     JumpHost,
     is_digitalocean,
     is_registry_host,
     parse_databases,
+    parse_fingerprints,
     parse_image_reference,
     parse_jump_hosts,
 )
 
-# Other modules import these from here; inputs, references and redaction own them.
+# Other modules import these from here; inputs, references and redaction own some of them.
 __all__ = [
     "INPUTS",
     "INPUTS_BY_NAME",
@@ -47,8 +46,6 @@ __all__ = [
     "raw_from_environ",
     "secret_forms",
 ]
-
-_E = TypeVar("_E", bound=enum.StrEnum)
 
 
 class Mode(enum.StrEnum):
@@ -166,77 +163,6 @@ class Settings:
     secrets: tuple[str, ...]
 
 
-class _Reader:
-    """Typed access to raw inputs; each parse error names its input (and the secret it was read from)."""
-
-    def __init__(self, raw: Mapping[str, str], secret_names: Mapping[str, str] | None = None) -> None:
-        self._raw = raw
-        self._secret_names = secret_names or {}
-
-    def text(self, name: str) -> str:
-        value = self._raw.get(name, "")
-        if not value.strip():
-            value = INPUTS_BY_NAME[name].default
-        return value if INPUTS_BY_NAME[name].secret else value.strip()
-
-    def optional(self, name: str) -> str | None:
-        return self.text(name) or None
-
-    def unset_secrets(self, *names: str) -> str:
-        """`` (secrets A and B are not set)`` for inputs the secrets-by-prefix layer looked for; else ''."""
-        secrets = [self._secret_names[name] for name in names if name in self._secret_names]
-        if not secrets:
-            return ""
-        if len(secrets) == 1:
-            return f" (secret {secrets[0]} is not set)"
-        return f" (secrets {' and '.join(secrets)} are not set)"
-
-    def required(self, name: str, what: str) -> str:
-        value = self.text(name)
-        if not value.strip():
-            unset = self.unset_secrets(name)
-            raise SettingsError(
-                f"{name}: required, expected {what}, got nothing{unset}",
-                hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
-            )
-        return value
-
-    def port(self, name: str, *, allow_zero: bool = False) -> int:
-        value = self.text(name)
-        low = 0 if allow_zero else 1
-        if not re.fullmatch(r"[0-9]{1,5}", value) or not low <= int(value) <= 65535:  # noqa: PLR2004
-            raise input_error(name, f"a port number {low}-65535", value)
-        return int(value)
-
-    def seconds(self, name: str) -> float:
-        value = self.text(name)
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or number <= 0:
-            raise input_error(name, "a number of seconds greater than 0", value)
-        return number
-
-    def boolean(self, name: str) -> bool:
-        value = self.text(name).lower()
-        expected = "auto, true or false" if INPUTS_BY_NAME[name].default == "auto" else "true or false"
-        if value in {"true", "yes", "1", "on"}:
-            return True
-        if value in {"false", "no", "0", "off"}:
-            return False
-        raise input_error(name, expected, value)
-
-    def choice(self, name: str, enum_type: type[_E]) -> _E:
-        value = self.text(name).lower()
-        try:
-            return enum_type(value)
-        except ValueError:
-            choices = " | ".join(member.value for member in enum_type)
-            raise input_error(name, f"one of {choices}", value) from None
-
-
-_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -262,7 +188,7 @@ def _resolve_directory(value: str, environ: Mapping[str, str]) -> Path:
     return path
 
 
-def _ssh_settings(read: _Reader) -> SSHSettings:
+def _ssh_settings(read: Reader) -> SSHSettings:
     password = read.optional("ssh-password")
     private_key = read.optional("ssh-private-key")
     if not password and not private_key:
@@ -271,14 +197,7 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
             + read.unset_secrets("ssh-password", "ssh-private-key"),
             hint="Give the bastion user's password or private key (as text).",
         )
-    fingerprints = tuple(
-        re.split(r"[\s,]+", read.text("ssh-host-fingerprint").strip()) if read.text("ssh-host-fingerprint") else ()
-    )
-    for fingerprint in fingerprints:
-        if not _FINGERPRINT.fullmatch(fingerprint):
-            raise input_error(
-                "ssh-host-fingerprint", "SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints it", fingerprint
-            )
+    fingerprints = parse_fingerprints(read.text("ssh-host-fingerprint"))
     known_hosts = read.optional("ssh-known-hosts")
     insecure = read.boolean("ssh-insecure-skip-host-key-check")
     if not (known_hosts or fingerprints or insecure):
@@ -305,7 +224,7 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
     )
 
 
-def _db_settings(read: _Reader) -> DatabaseSettings:
+def _db_settings(read: Reader) -> DatabaseSettings:
     sslmode = read.text("db-sslmode").lower()
     if sslmode not in SSLMODES:
         raise input_error("db-sslmode", "one of " + " | ".join(SSLMODES), sslmode)
@@ -321,7 +240,7 @@ def _db_settings(read: _Reader) -> DatabaseSettings:
     )
 
 
-def _app_settings(read: _Reader, environ: Mapping[str, str]) -> AppSettings:
+def _app_settings(read: Reader, environ: Mapping[str, str]) -> AppSettings:
     url_env = read.text("database-url-env")
     if not _ENV_NAME.fullmatch(url_env):
         raise input_error("database-url-env", "a valid environment variable name", url_env)
@@ -337,7 +256,7 @@ def _app_settings(read: _Reader, environ: Mapping[str, str]) -> AppSettings:
     )
 
 
-def _image_settings(read: _Reader, pull: PullPolicy, *, token_filled: bool) -> ImageSettings:
+def _image_settings(read: Reader, pull: PullPolicy, *, token_filled: bool) -> ImageSettings:
     reference = parse_image_reference(read.required("image", "the image to run the command in"), read.text("image-tag"))
     registry = read.text("registry") or reference.registry
     if not is_registry_host(registry):
@@ -369,7 +288,7 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         msg = f"unknown input(s): {', '.join(unknown)}"
         raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
     layered = sources.layer(raw, environ)
-    read = _Reader(layered.values, layered.secret_names)
+    read = Reader(layered.values, layered.secret_names)
     mode = read.choice("mode", Mode)
     command = read.choice("command", Command)
     try:
@@ -416,9 +335,8 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     if image:
         secret_values.append(image.password)
     secret_values += layered.secret_values
-    secrets = {form for value in secret_values if value for form in secret_forms(value)}
     # The DSN holds the password; mask its fixed part (without the port, unknown yet) too.
-    secrets.add(db.url(0).rsplit("@", 1)[0])
+    secrets = masks(secret_values, verbatim=[db.url(0).rsplit("@", 1)[0]])
     return Settings(
         environment=read.text("environment"),
         mode=mode,
@@ -433,5 +351,5 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         timeout=read.seconds("timeout"),
         lock=lock,
         lock_timeout=read.seconds("lock-timeout"),
-        secrets=tuple(sorted(secrets, key=len, reverse=True)),
+        secrets=secrets,
     )
