@@ -22,14 +22,14 @@ import yaml
 from bastion_action.errors import SettingsError
 from bastion_action.inputs import INPUTS, INPUTS_BY_NAME
 
-DEFAULT_CONFIG_FILE = ".github/bastion-migrate.yml"
+DEFAULT_CONFIG_FILE = INPUTS_BY_NAME["config-file"].default
 
 # Secret name (after "<PREFIX>_") -> input it fills.
 PREFIXED_SECRETS: Mapping[str, str] = {spec.by_prefix: spec.name for spec in INPUTS if spec.by_prefix}
 REGISTRY_TOKEN = "DO_ACCESS_TOKEN"  # noqa: S105 - a secret's name, not a secret. DigitalOcean's registry: the token is both username and password
 REGISTRY_TOKEN_FILLS = ("registry-username", "registry-password")
 
-# Keys the topology file may set: everything that is not a secret nor a per-run choice.
+# Keys the topology file may set: the rows marked in_file (no secret, nothing that picks the file or section).
 FILE_KEYS = frozenset(spec.name for spec in INPUTS if spec.in_file)
 # Keys that name no secret input but look like one (db_password, registry-token): refused as secrets
 # too, since "unknown key" would invite the user to find the right spelling for a secret in a committed file.
