@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, NoReturn
 from bastion_action import pipeline, report, settings, sources
 from bastion_action.errors import SettingsError
 from bastion_action.gha import Console
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, raw_from_environ
+from bastion_action.redaction import secret_forms
 from bastion_action.report import Result, RunResult
 from bastion_action.runners import local
 
@@ -29,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run database migrations through an SSH bastion. Every input of action.yml is a flag; "
         "flags win over INPUT_* environment variables.",
     )
-    for spec in settings.INPUTS:
+    for spec in INPUTS:
         flags = [f"--{spec.name}"]
         if spec.name == "environment":
             flags.append("--env")
@@ -39,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
-    raw = settings.raw_from_environ(environ)
+    raw = raw_from_environ(environ)
     if not argv:  # the action itself passes no flags: argparse is not even imported
         return raw
     flags = vars(_parser().parse_args(argv))
@@ -49,10 +51,10 @@ def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str
 
 def _secret_inputs(raw: Mapping[str, str], environ: Mapping[str, str]) -> list[str]:
     # The secrets JSON is masked value by value (early_masks), not as text: its braces are not secret.
-    secret_specs = [spec for spec in settings.INPUTS if spec.secret and spec.name != "secrets"]
+    secret_specs = [spec for spec in INPUTS if spec.secret and spec.name != "secrets"]
     values = [raw[spec.name] for spec in secret_specs if raw.get(spec.name, "").strip()]
     values += sources.early_masks(raw, environ)
-    return [form for value in values for form in settings.secret_forms(value)]
+    return [form for value in values for form in secret_forms(value)]
 
 
 async def _execute(parsed: settings.Settings, console: Console) -> tuple[RunResult, int | None]:
@@ -108,8 +110,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except SettingsError as exc:
         run = RunResult(
             environment=raw.get("environment", ""),
-            mode=raw.get("mode", "").strip() or settings.INPUTS_BY_NAME["mode"].default,
-            command=raw.get("command", "").strip() or settings.INPUTS_BY_NAME["command"].default,
+            mode=raw.get("mode", "").strip() or INPUTS_BY_NAME["mode"].default,
+            command=raw.get("command", "").strip() or INPUTS_BY_NAME["command"].default,
             error=exc,
         )
         return _finish(console, run)

@@ -1,27 +1,51 @@
-"""Inputs parsed once into frozen, validated data; every error names the input.
-
-Raw inputs are a mapping of kebab-case input name to text, as GitHub gives
-them (``INPUT_SSH_HOST``) or as the local CLI gives them (``--ssh-host``).
-An empty string means "not given", as in GitHub's composite actions.
-"""
+"""The run's settings: raw inputs parsed once into frozen, validated data; every error names the input."""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 import os
 import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import quote, quote_plus, urlencode
+from urllib.parse import quote, urlencode
 
 from bastion_action import sources
 from bastion_action.errors import SettingsError, input_error
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec, Reader, raw_from_environ
+from bastion_action.redaction import masks, secret_forms
+from bastion_action.references import (
+    ImageReference,
+    JumpHost,
+    is_digitalocean,
+    is_registry_host,
+    parse_databases,
+    parse_fingerprints,
+    parse_image_reference,
+    parse_jump_hosts,
+)
 
-_E = TypeVar("_E", bound=enum.StrEnum)
+# Other modules import these from here; inputs, references and redaction own some of them.
+__all__ = [
+    "INPUTS",
+    "INPUTS_BY_NAME",
+    "AppSettings",
+    "Command",
+    "DatabaseSettings",
+    "ImageReference",
+    "ImageSettings",
+    "InputSpec",
+    "JumpHost",
+    "Mode",
+    "PullPolicy",
+    "SSHSettings",
+    "Settings",
+    "parse",
+    "parse_image_reference",
+    "raw_from_environ",
+    "secret_forms",
+]
 
 
 class Mode(enum.StrEnum):
@@ -66,134 +90,6 @@ SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 @dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """One input of action.yml; the CLI flags and the env names derive from it."""
-
-    name: str
-    description: str
-    default: str = ""
-    secret: bool = False
-
-    @property
-    def env(self) -> str:
-        return "INPUT_" + self.name.upper().replace("-", "_")
-
-
-INPUTS: tuple[InputSpec, ...] = (
-    InputSpec(
-        "environment",
-        "Environment name (dev, uat, prod, ...): picks <ENV>_* secrets and the config file's section.",
-    ),
-    InputSpec(
-        "mode",
-        "Where the command runs: docker (in the image), lightweight (on the runner), "
-        "or compare (showmigrations in both; fails when they differ).",
-        "docker",
-    ),
-    InputSpec(
-        "command",
-        "showmigrations | plan | check | migrate | probe | custom (custom: the command line is in args).",
-        "showmigrations",
-    ),
-    InputSpec("args", "Extra arguments for the command (custom: the whole command line), split as shell words."),
-    InputSpec(
-        "config-file", "YAML topology file (non-secret settings per environment).", ".github/bastion-migrate.yml"
-    ),
-    InputSpec(
-        "secrets",
-        "All secrets as JSON (toJSON(secrets) of the workflow); <PREFIX>_* names are read from it.",
-        secret=True,
-    ),
-    InputSpec("secret-prefix", "Prefix of the secret names read from `secrets`; default: the environment, upper case."),
-    InputSpec("ssh-host", "Bastion host name or address."),
-    InputSpec("ssh-port", "Bastion SSH port.", "22"),
-    InputSpec("ssh-user", "User on the bastion."),
-    InputSpec("ssh-password", "Password of the bastion user.", secret=True),
-    InputSpec("ssh-private-key", "Private key text (OpenSSH or PEM) for the bastion user.", secret=True),
-    InputSpec("ssh-passphrase", "Passphrase of ssh-private-key.", secret=True),
-    InputSpec("ssh-known-hosts", "known_hosts text for the bastion, as ssh-keyscan prints it."),
-    InputSpec(
-        "ssh-host-fingerprint",
-        "Host key fingerprint(s) of the bastion (and jump hosts), SHA256:<base64> as ssh-keygen -lf prints it; "
-        "several separated by commas, spaces or newlines.",
-    ),
-    InputSpec(
-        "ssh-insecure-skip-host-key-check",
-        "Skip host key verification (true/false). Exposes the credentials to a man in the middle.",
-        "false",
-    ),
-    InputSpec(
-        "ssh-jump-hosts",
-        "Hops before the bastion, in order: [user@]host[:port], separated by commas or newlines. "
-        "Each hop's host key is checked against ssh-known-hosts / ssh-host-fingerprint; hops use the same credentials.",
-    ),
-    InputSpec("ssh-keepalive-interval", "Seconds between SSH keepalives; a dead link fails after 3 missed.", "15"),
-    InputSpec("connect-timeout", "Seconds allowed for the SSH connection and for each database connect.", "20"),
-    InputSpec("db-host", "Database host as seen from the bastion."),
-    InputSpec("db-port", "Database port as seen from the bastion.", "5432"),
-    InputSpec("db-name", "Database name."),
-    InputSpec("db-user", "Database user."),
-    InputSpec("db-password", "Database password.", secret=True),
-    InputSpec("db-sslmode", "libpq sslmode for the database connection.", "prefer"),
-    InputSpec(
-        "databases",
-        "Fan-out: several databases behind the same bastion, [host[:port]/]name separated by commas or newlines "
-        "(host and port default to db-host and db-port); replaces db-name. One SSH connection serves them all.",
-    ),
-    InputSpec("concurrency", "Fan-out: how many databases are worked on at once.", "4"),
-    InputSpec("local-port", "Local port of the tunnel; 0 picks a free one.", "0"),
-    InputSpec("django-settings-module", "DJANGO_SETTINGS_MODULE for the command."),
-    InputSpec("secret-key", "SECRET_KEY for the command.", secret=True),
-    InputSpec("extra-env", "More environment for the command, one NAME=value per line."),
-    InputSpec("database-url-env", "Name of the variable that receives the database URL.", "DATABASE_URL"),
-    InputSpec("manage-py", "Path of manage.py, relative to working-directory.", "manage.py"),
-    InputSpec("working-directory", "Directory the command runs in (relative: to GITHUB_WORKSPACE).", "."),
-    InputSpec("python", "Interpreter for manage.py in lightweight mode: a name on PATH or an absolute path.", "python"),
-    InputSpec("fake-initial", "Pass --fake-initial to migrate (true/false).", "true"),
-    InputSpec("timeout", "Seconds allowed for the whole run.", "1800"),
-    InputSpec("lock", "Take the database's migration lock: auto (migrate and custom), true or false.", "auto"),
-    InputSpec("lock-timeout", "Seconds to wait for the migration lock.", "300"),
-    InputSpec("image", "Docker mode: image reference; may carry its own :tag or @sha256: digest."),
-    InputSpec("image-tag", "Docker mode: tag appended to image when it has none.", "latest"),
-    InputSpec("registry", "Docker mode: registry to log in to; default the image reference's host."),
-    InputSpec("registry-username", "Docker mode: registry user (DigitalOcean: the access token)."),
-    InputSpec("registry-password", "Docker mode: registry password or token.", secret=True),
-    InputSpec("pull", "Docker mode: always | missing | never.", "missing"),
-)
-
-INPUTS_BY_NAME: Mapping[str, InputSpec] = {spec.name: spec for spec in INPUTS}
-
-
-@dataclasses.dataclass(frozen=True)
-class JumpHost:
-    user: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
-
-
-_HOP = re.compile(r"(?:(?P<user>[^@\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@:\s\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
-
-
-def _entries(text: str) -> list[str]:
-    """The non-empty entries of a list input: separated by commas or newlines."""
-    return [entry for item in re.split(r"[,\n]", text) if (entry := item.strip())]
-
-
-def parse_jump_hosts(text: str, default_user: str) -> tuple[JumpHost, ...]:
-    hops = []
-    for hop in _entries(text):
-        match = _HOP.fullmatch(hop)
-        port = int(match["port"]) if match and match["port"] else 22
-        if not match or not 1 <= port <= 65535:  # noqa: PLR2004
-            raise input_error("ssh-jump-hosts", "[user@]host[:port] entries separated by commas or newlines", hop)
-        hops.append(JumpHost(user=match["user"] or default_user, host=match["host"].strip("[]"), port=port))
-    return tuple(hops)
-
-
-@dataclasses.dataclass(frozen=True)
 class SSHSettings:
     host: str
     port: int
@@ -226,58 +122,6 @@ class DatabaseSettings:
         password = quote(self.password, safe="")
         query = urlencode({"sslmode": self.sslmode})
         return f"postgresql://{user}:{password}@{host}:{port}/{quote(self.name, safe='')}?{query}"
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageReference:
-    """``[registry[:port]/]path[:tag][@sha256:digest]``, split as the Docker CLI does."""
-
-    repository: str  # with the registry host when the reference had one
-    tag: str | None
-    digest: str | None
-
-    @property
-    def registry(self) -> str:
-        first, sep, _ = self.repository.partition("/")
-        if sep and ("." in first or ":" in first or first == "localhost"):
-            return first
-        return "docker.io"
-
-    def __str__(self) -> str:
-        text = self.repository
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
-
-
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REFERENCE = re.compile(
-    rf"(?P<repository>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
-)
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
-
-
-def parse_image_reference(image: str, default_tag: str) -> ImageReference:
-    """The image to run: ``image`` as given, with ``image-tag`` appended when it has neither tag nor digest."""
-    match = _REFERENCE.fullmatch(image)
-    first, sep, _ = image.partition("/")
-    if match and sep and first != first.lower() and not ("." in first or ":" in first):
-        match = None  # an upper-case first component is only allowed as a registry host
-    if not match:
-        raise input_error(
-            "image", "an image reference like registry.example.com/team/app[:tag][@sha256:<64 hex>]", image
-        )
-    tag, digest = match["tag"], match["digest"]
-    if not tag and not digest:
-        if not _TAG.fullmatch(default_tag):
-            raise input_error("image-tag", "a tag: letters, digits, '_', '.', '-', at most 128", default_tag)
-        tag = default_tag
-    return ImageReference(repository=match["repository"], tag=tag, digest=digest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,88 +163,6 @@ class Settings:
     secrets: tuple[str, ...]
 
 
-def secret_forms(value: str) -> list[str]:
-    """A secret and every form of it that may be printed: its lines, URL encodings."""
-    forms = {value, quote(value, safe=""), quote_plus(value, safe="")}
-    lines = [line.strip() for line in value.splitlines()]
-    if len(lines) > 1:
-        # GitHub masks line by line; a line too short to be secret ("{" of a JSON) would blank out the log.
-        forms.update(line for line in lines if len(line) >= _MIN_LINE_MASK)
-    return sorted((form for form in forms if form.strip()), key=len, reverse=True)
-
-
-class _Reader:
-    """Typed access to raw inputs; each parse error names its input (and the secret it was read from)."""
-
-    def __init__(self, raw: Mapping[str, str], secret_names: Mapping[str, str] | None = None) -> None:
-        self._raw = raw
-        self._secret_names = secret_names or {}
-
-    def text(self, name: str) -> str:
-        value = self._raw.get(name, "")
-        if not value.strip():
-            value = INPUTS_BY_NAME[name].default
-        return value if INPUTS_BY_NAME[name].secret else value.strip()
-
-    def optional(self, name: str) -> str | None:
-        return self.text(name) or None
-
-    def unset_secrets(self, *names: str) -> str:
-        """`` (secrets A and B are not set)`` for inputs the secrets-by-prefix layer looked for; else ''."""
-        secrets = [self._secret_names[name] for name in names if name in self._secret_names]
-        if not secrets:
-            return ""
-        if len(secrets) == 1:
-            return f" (secret {secrets[0]} is not set)"
-        return f" (secrets {' and '.join(secrets)} are not set)"
-
-    def required(self, name: str, what: str) -> str:
-        value = self.text(name)
-        if not value.strip():
-            unset = self.unset_secrets(name)
-            raise SettingsError(
-                f"{name}: required, expected {what}, got nothing{unset}",
-                hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
-            )
-        return value
-
-    def port(self, name: str, *, allow_zero: bool = False) -> int:
-        value = self.text(name)
-        low = 0 if allow_zero else 1
-        if not re.fullmatch(r"[0-9]{1,5}", value) or not low <= int(value) <= 65535:  # noqa: PLR2004
-            raise input_error(name, f"a port number {low}-65535", value)
-        return int(value)
-
-    def seconds(self, name: str) -> float:
-        value = self.text(name)
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or number <= 0:
-            raise input_error(name, "a number of seconds greater than 0", value)
-        return number
-
-    def boolean(self, name: str) -> bool:
-        value = self.text(name).lower()
-        expected = "auto, true or false" if INPUTS_BY_NAME[name].default == "auto" else "true or false"
-        if value in {"true", "yes", "1", "on"}:
-            return True
-        if value in {"false", "no", "0", "off"}:
-            return False
-        raise input_error(name, expected, value)
-
-    def choice(self, name: str, enum_type: type[_E]) -> _E:
-        value = self.text(name).lower()
-        try:
-            return enum_type(value)
-        except ValueError:
-            choices = " | ".join(member.value for member in enum_type)
-            raise input_error(name, f"one of {choices}", value) from None
-
-
-_MIN_LINE_MASK = 4
-_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -426,7 +188,7 @@ def _resolve_directory(value: str, environ: Mapping[str, str]) -> Path:
     return path
 
 
-def _ssh_settings(read: _Reader) -> SSHSettings:
+def _ssh_settings(read: Reader) -> SSHSettings:
     password = read.optional("ssh-password")
     private_key = read.optional("ssh-private-key")
     if not password and not private_key:
@@ -435,14 +197,7 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
             + read.unset_secrets("ssh-password", "ssh-private-key"),
             hint="Give the bastion user's password or private key (as text).",
         )
-    fingerprints = tuple(
-        re.split(r"[\s,]+", read.text("ssh-host-fingerprint").strip()) if read.text("ssh-host-fingerprint") else ()
-    )
-    for fingerprint in fingerprints:
-        if not _FINGERPRINT.fullmatch(fingerprint):
-            raise input_error(
-                "ssh-host-fingerprint", "SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints it", fingerprint
-            )
+    fingerprints = parse_fingerprints(read.text("ssh-host-fingerprint"))
     known_hosts = read.optional("ssh-known-hosts")
     insecure = read.boolean("ssh-insecure-skip-host-key-check")
     if not (known_hosts or fingerprints or insecure):
@@ -469,25 +224,7 @@ def _ssh_settings(read: _Reader) -> SSHSettings:
     )
 
 
-_TARGET = re.compile(r"(?:(?P<host>[^/:\s]+)(?::(?P<port>[0-9]{1,5}))?/)?(?P<name>[^/\s,]+)")
-
-
-def parse_databases(text: str, base: DatabaseSettings) -> tuple[DatabaseSettings, ...]:
-    """``databases``: ``[host[:port]/]name`` entries; what an entry leaves out comes from ``base``."""
-    targets: list[DatabaseSettings] = []
-    for entry in _entries(text):
-        match = _TARGET.fullmatch(entry)
-        port = int(match["port"]) if match and match["port"] else base.port
-        if not match or not 1 <= port <= 65535:  # noqa: PLR2004
-            raise input_error("databases", "[host[:port]/]name entries separated by commas or newlines", entry)
-        target = dataclasses.replace(base, host=match["host"] or base.host, port=port, name=match["name"])
-        if any((t.host, t.port, t.name) == (target.host, target.port, target.name) for t in targets):
-            raise input_error("databases", "each database once", entry)
-        targets.append(target)
-    return tuple(targets)
-
-
-def _db_settings(read: _Reader) -> DatabaseSettings:
+def _db_settings(read: Reader) -> DatabaseSettings:
     sslmode = read.text("db-sslmode").lower()
     if sslmode not in SSLMODES:
         raise input_error("db-sslmode", "one of " + " | ".join(SSLMODES), sslmode)
@@ -503,7 +240,7 @@ def _db_settings(read: _Reader) -> DatabaseSettings:
     )
 
 
-def _app_settings(read: _Reader, environ: Mapping[str, str]) -> AppSettings:
+def _app_settings(read: Reader, environ: Mapping[str, str]) -> AppSettings:
     url_env = read.text("database-url-env")
     if not _ENV_NAME.fullmatch(url_env):
         raise input_error("database-url-env", "a valid environment variable name", url_env)
@@ -519,18 +256,13 @@ def _app_settings(read: _Reader, environ: Mapping[str, str]) -> AppSettings:
     )
 
 
-def _is_digitalocean(registry: str) -> bool:
-    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
-    return host == "registry.digitalocean.com" or host.endswith(".digitalocean.com")
-
-
-def _image_settings(read: _Reader, pull: PullPolicy, *, token_filled: bool) -> ImageSettings:
+def _image_settings(read: Reader, pull: PullPolicy, *, token_filled: bool) -> ImageSettings:
     reference = parse_image_reference(read.required("image", "the image to run the command in"), read.text("image-tag"))
     registry = read.text("registry") or reference.registry
-    if not re.fullmatch(_DOMAIN, registry):
+    if not is_registry_host(registry):
         raise input_error("registry", "a registry host[:port], like registry.digitalocean.com", registry)
     username, password = read.optional("registry-username"), read.optional("registry-password")
-    if token_filled and not _is_digitalocean(registry):
+    if token_filled and not is_digitalocean(registry):
         # DO_ACCESS_TOKEN is DigitalOcean's; it is never sent to another registry.
         username = password = None
     if bool(username) != bool(password):
@@ -556,7 +288,7 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         msg = f"unknown input(s): {', '.join(unknown)}"
         raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
     layered = sources.layer(raw, environ)
-    read = _Reader(layered.values, layered.secret_names)
+    read = Reader(layered.values, layered.secret_names)
     mode = read.choice("mode", Mode)
     command = read.choice("command", Command)
     try:
@@ -572,7 +304,10 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     lock = command in {Command.MIGRATE, Command.CUSTOM} if lock_text == "auto" else read.boolean("lock")
     ssh = _ssh_settings(read)
     db = _db_settings(read)
-    targets = parse_databases(read.text("databases"), db)
+    targets = tuple(
+        dataclasses.replace(db, host=target.host, port=target.port, name=target.name)
+        for target in parse_databases(read.text("databases"), db.host, db.port)
+    )
     concurrency_text = read.text("concurrency")
     if not re.fullmatch(r"[0-9]{1,2}", concurrency_text) or not 1 <= int(concurrency_text) <= 32:  # noqa: PLR2004
         raise input_error("concurrency", "a number of databases at once, 1-32", concurrency_text)
@@ -600,9 +335,8 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     if image:
         secret_values.append(image.password)
     secret_values += layered.secret_values
-    secrets = {form for value in secret_values if value for form in secret_forms(value)}
     # The DSN holds the password; mask its fixed part (without the port, unknown yet) too.
-    secrets.add(db.url(0).rsplit("@", 1)[0])
+    secrets = masks(secret_values, verbatim=[db.url(0).rsplit("@", 1)[0]])
     return Settings(
         environment=read.text("environment"),
         mode=mode,
@@ -617,10 +351,5 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         timeout=read.seconds("timeout"),
         lock=lock,
         lock_timeout=read.seconds("lock-timeout"),
-        secrets=tuple(sorted(secrets, key=len, reverse=True)),
+        secrets=secrets,
     )
-
-
-def raw_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """The ``INPUT_*`` variables that name known inputs, keyed by kebab-case name."""
-    return {spec.name: environ[spec.env] for spec in INPUTS if spec.env in environ}

@@ -20,69 +20,25 @@ from typing import Any
 import yaml
 
 from bastion_action.errors import SettingsError
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME
 
-DEFAULT_CONFIG_FILE = ".github/bastion-migrate.yml"
+DEFAULT_CONFIG_FILE = INPUTS_BY_NAME["config-file"].default
 
 # Secret name (after "<PREFIX>_") -> input it fills.
-PREFIXED_SECRETS: Mapping[str, str] = {
-    "HOST": "ssh-host",
-    "USER": "ssh-user",
-    "SSH_PORT": "ssh-port",
-    "SSH_PASSWORD": "ssh-password",
-    "SSH_PRIVATE_KEY": "ssh-private-key",
-    "SSH_PASSPHRASE": "ssh-passphrase",
-    "SSH_KNOWN_HOSTS": "ssh-known-hosts",
-    "SSH_JUMP_HOSTS": "ssh-jump-hosts",
-    "DB_HOST": "db-host",
-    "DB_PORT": "db-port",
-    "DB_USER": "db-user",
-    "DB_PASSWORD": "db-password",
-    "DB_NAME": "db-name",
-    "DJANGO_SETTINGS_MODULE": "django-settings-module",
-    "SECRET_KEY": "secret-key",
-}
+PREFIXED_SECRETS: Mapping[str, str] = {spec.by_prefix: spec.name for spec in INPUTS if spec.by_prefix}
 REGISTRY_TOKEN = "DO_ACCESS_TOKEN"  # noqa: S105 - a secret's name, not a secret. DigitalOcean's registry: the token is both username and password
+REGISTRY_TOKEN_FILLS = ("registry-username", "registry-password")
 
-# Keys the topology file may set: everything that is not a secret nor a per-run choice.
-FILE_KEYS = frozenset(
-    {
-        "mode",
-        "command",
-        "args",
-        "ssh-host",
-        "ssh-port",
-        "ssh-user",
-        "ssh-known-hosts",
-        "ssh-host-fingerprint",
-        "ssh-jump-hosts",
-        "ssh-keepalive-interval",
-        "connect-timeout",
-        "db-host",
-        "db-port",
-        "db-name",
-        "db-user",
-        "db-sslmode",
-        "databases",
-        "concurrency",
-        "local-port",
-        "django-settings-module",
-        "extra-env",
-        "database-url-env",
-        "manage-py",
-        "working-directory",
-        "python",
-        "fake-initial",
-        "timeout",
-        "lock",
-        "lock-timeout",
-        "image",
-        "image-tag",
-        "registry",
-        "registry-username",
-        "pull",
-    }
-)
-_SECRET_LOOKING = re.compile(r"password|passphrase|private-key|secret|token", re.IGNORECASE)
+# Keys the topology file may set: the rows marked in_file (no secret, nothing that picks the file or section).
+FILE_KEYS = frozenset(spec.name for spec in INPUTS if spec.in_file)
+# Keys that name no secret input but look like one (db_password, registry-token): refused as secrets
+# too, since "unknown key" would invite the user to find the right spelling for a secret in a committed file.
+_SECRET_WORDS = re.compile(r"password|passphrase|private-key|secret|token", re.IGNORECASE)
+
+
+def _names_a_secret(key: str) -> bool:
+    spec = INPUTS_BY_NAME.get(key)
+    return (spec is not None and spec.secret) or (key not in FILE_KEYS and _SECRET_WORDS.search(key) is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +83,7 @@ def _by_prefix(source: Mapping[str, str], prefix: str) -> tuple[dict[str, str], 
             values[name] = source[secret]
     token = source.get(REGISTRY_TOKEN, "")
     if token.strip():
-        values["registry-username"] = token
-        values["registry-password"] = token
+        values.update(dict.fromkeys(REGISTRY_TOKEN_FILLS, token))
     return values, names
 
 
@@ -150,7 +105,7 @@ def _section(data: Any, path: str, where: str) -> dict[str, str]:
     values = {}
     for key, value in data.items():
         name = str(key)
-        if _SECRET_LOOKING.search(name):
+        if _names_a_secret(name):
             raise SettingsError(
                 f"{where}: {path}.{name}: secrets do not belong in the config file",
                 hint="Keep secrets in GitHub secrets and pass them as inputs or through `secrets`.",
@@ -239,7 +194,7 @@ def layer(explicit: Mapping[str, str], environ: Mapping[str, str]) -> Layered:
     values = {**from_file, **from_secrets, **given}
     values.pop("secrets", None)
     token = source.get(REGISTRY_TOKEN, "").strip()
-    registry_token = bool(token) and "registry-password" not in given and "registry-username" not in given
+    registry_token = bool(token) and not any(name in given for name in REGISTRY_TOKEN_FILLS)
     return Layered(
         values=values,
         secret_names=secret_names,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from bastion_action.settings import INPUTS
+from bastion_action.inputs import INPUTS
 
 ROOT = Path(__file__).resolve().parents[2]
 ACTION = yaml.safe_load((ROOT / "action.yml").read_text())

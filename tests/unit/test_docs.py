@@ -2,7 +2,7 @@
 
 docs/inputs.md is written by hand (grouped, with validation notes), so this test is what keeps
 it from drifting: every input and output of action.yml has its row, in order, with the default
-of ``settings.INPUTS``, the 🔒 mark of a secret input, and where else the input may come from.
+of ``inputs.INPUTS``, the 🔒 mark of a secret input, and where else the input may come from.
 Every relative link in README.md and docs/*.md must name an existing file, and a link into
 docs/troubleshooting.md (where every error message points) an existing heading.
 """
@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from bastion_action import sources
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec
 from bastion_action.report import OUTPUTS
-from bastion_action.settings import INPUTS, INPUTS_BY_NAME, InputSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -103,14 +103,14 @@ def test_input_row_says_where_else_the_value_may_come_from(spec: InputSpec) -> N
     row = INPUT_ROWS.get(name)
     assert row is not None, f"docs/inputs.md: no row for input `{name}`"
     also = row[-1]
-    secrets = {f"<P>_{suffix}" for suffix, target in sources.PREFIXED_SECRETS.items() if target == name}
-    if name in {"registry-username", "registry-password"}:
+    secrets = {f"<P>_{spec.by_prefix}"} if spec.by_prefix else set()
+    if name in sources.REGISTRY_TOKEN_FILLS:
         secrets.add(sources.REGISTRY_TOKEN)
     shown = set(re.findall(r"`(<P>_[A-Z_]+|[A-Z][A-Z0-9_]*)`", also))
     assert shown == secrets, f"docs/inputs.md: `{name}` is read from secret(s) {sorted(secrets)}, the row says {also!r}"
     in_file = re.search(r"\bfile\b", also) is not None
-    assert in_file == (name in sources.FILE_KEYS), (
-        f"docs/inputs.md: `{name}` {'may' if name in sources.FILE_KEYS else 'may not'} be set in the config file; "
+    assert in_file == spec.in_file, (
+        f"docs/inputs.md: `{name}` {'may' if spec.in_file else 'may not'} be set in the config file; "
         f"the row says {also!r}"
     )
 

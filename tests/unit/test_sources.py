@@ -9,6 +9,7 @@ import pytest
 
 from bastion_action import settings, sources
 from bastion_action.errors import SettingsError
+from bastion_action.inputs import INPUTS, InputSpec
 
 FINGERPRINT = "SHA256:" + "B" * 43
 TEAM_SECRETS = {
@@ -115,6 +116,9 @@ def test_lists_in_the_file(tmp_path: Path) -> None:
     [
         pytest.param("defaults: {db-password: x}", "defaults.db-password: secrets do not belong", id="secret-key"),
         pytest.param("environments: {uat: {ssh-private-key: x}}", "ssh-private-key: secrets do not", id="key"),
+        pytest.param("defaults: {db_password: x}", "defaults.db_password: secrets do not", id="secret-looking"),
+        pytest.param("environments: {uat: {registry-token: x}}", "registry-token: secrets do not", id="token"),
+        pytest.param("defaults: {ssh-insecure-skip-host-key-check: true}", "unknown key", id="not-a-file-key"),
         pytest.param("defaults: {db-prot: 5432}", "defaults.db-prot: unknown key", id="typo"),
         pytest.param("environments: {uat: {ssh-hots: x}}", "environments.uat.ssh-hots: unknown key", id="typo-env"),
         pytest.param("defaults: [1, 2]", "defaults: expected a mapping", id="not-mapping"),
@@ -131,6 +135,14 @@ def test_file_errors_name_the_file_and_the_key(tmp_path: Path, text: str, expect
         settings.parse({"environment": "uat", "secrets": json.dumps(TEAM_SECRETS)}, environ=environ)
     assert expected in info.value.message
     assert str(tmp_path) in info.value.message
+
+
+@pytest.mark.parametrize("spec", [spec for spec in INPUTS if spec.secret], ids=lambda spec: spec.name)
+def test_every_secret_input_is_refused_in_the_file(tmp_path: Path, spec: InputSpec) -> None:
+    environ = workspace(tmp_path, f"environments: {{uat: {{{spec.name}: x}}}}")
+    with pytest.raises(SettingsError) as info:
+        settings.parse({"environment": "uat", "secrets": json.dumps(TEAM_SECRETS)}, environ=environ)
+    assert info.value.message.endswith(f"environments.uat.{spec.name}: secrets do not belong in the config file")
 
 
 def test_missing_default_file_is_fine_but_a_named_one_is_not(tmp_path: Path) -> None:
@@ -154,8 +166,10 @@ def test_early_masks_cover_the_whole_json_before_validation() -> None:
     masks = sources.early_masks({"secrets": json.dumps(TEAM_SECRETS), "environment": "uat"}, {})
     assert "ghs_unrelated" in masks
     assert "prod-db-pw" in masks
+    in_table_order = ["HOST", "USER", "SSH_PASSWORD", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"]
+    in_table_order += ["DJANGO_SETTINGS_MODULE", "SECRET_KEY"]
     assert sources.early_masks({"environment": "uat"}, TEAM_SECRETS) == [
-        value for key, value in TEAM_SECRETS.items() if key.startswith("UAT_")
+        TEAM_SECRETS[f"UAT_{suffix}"] for suffix in in_table_order
     ] + ["dop_v1_token", "dop_v1_token"]
 
 

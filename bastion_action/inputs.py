@@ -1,0 +1,256 @@
+"""The action's inputs: one row per input holding every fact about it, and typed reading of their raw text."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from collections.abc import Mapping
+from typing import TypeVar
+
+from bastion_action.errors import SettingsError, input_error
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One input: action.yml, the CLI flags, the env names, the docs and the sources' tables derive from it."""
+
+    name: str
+    description: str
+    default: str = ""
+    secret: bool = False  # masked, used exactly as given (not trimmed), never allowed in the config file
+    in_file: bool = False  # the topology file (config-file) may set it
+    by_prefix: str = ""  # read from the secret <PREFIX>_<by_prefix> (the `secrets` JSON or the environment)
+
+    def __post_init__(self) -> None:
+        if self.secret and self.in_file:
+            msg = f"{self.name}: a secret input cannot be allowed in the config file, which is committed"
+            raise ValueError(msg)
+
+    @property
+    def env(self) -> str:
+        return "INPUT_" + self.name.upper().replace("-", "_")
+
+
+# environment, config-file and secret-prefix are not file keys: they decide which file, section and secrets are read.
+INPUTS: tuple[InputSpec, ...] = (
+    InputSpec(
+        "environment",
+        "Environment name (dev, uat, prod, ...): picks <ENV>_* secrets and the config file's section.",
+    ),
+    InputSpec(
+        "mode",
+        "Where the command runs: docker (in the image), lightweight (on the runner), "
+        "or compare (showmigrations in both; fails when they differ).",
+        "docker",
+        in_file=True,
+    ),
+    InputSpec(
+        "command",
+        "showmigrations | plan | check | migrate | probe | custom (custom: the command line is in args).",
+        "showmigrations",
+        in_file=True,
+    ),
+    InputSpec(
+        "args",
+        "Extra arguments for the command (custom: the whole command line), split as shell words.",
+        in_file=True,
+    ),
+    InputSpec(
+        "config-file", "YAML topology file (non-secret settings per environment).", ".github/bastion-migrate.yml"
+    ),
+    InputSpec(
+        "secrets",
+        "All secrets as JSON (toJSON(secrets) of the workflow); <PREFIX>_* names are read from it.",
+        secret=True,
+    ),
+    InputSpec("secret-prefix", "Prefix of the secret names read from `secrets`; default: the environment, upper case."),
+    InputSpec("ssh-host", "Bastion host name or address.", in_file=True, by_prefix="HOST"),
+    InputSpec("ssh-port", "Bastion SSH port.", "22", in_file=True, by_prefix="SSH_PORT"),
+    InputSpec("ssh-user", "User on the bastion.", in_file=True, by_prefix="USER"),
+    InputSpec("ssh-password", "Password of the bastion user.", secret=True, by_prefix="SSH_PASSWORD"),
+    InputSpec(
+        "ssh-private-key",
+        "Private key text (OpenSSH or PEM) for the bastion user.",
+        secret=True,
+        by_prefix="SSH_PRIVATE_KEY",
+    ),
+    InputSpec("ssh-passphrase", "Passphrase of ssh-private-key.", secret=True, by_prefix="SSH_PASSPHRASE"),
+    InputSpec(
+        "ssh-known-hosts",
+        "known_hosts text for the bastion, as ssh-keyscan prints it.",
+        in_file=True,
+        by_prefix="SSH_KNOWN_HOSTS",
+    ),
+    InputSpec(
+        "ssh-host-fingerprint",
+        "Host key fingerprint(s) of the bastion (and jump hosts), SHA256:<base64> as ssh-keygen -lf prints it; "
+        "several separated by commas, spaces or newlines.",
+        in_file=True,
+    ),
+    InputSpec(
+        # Not in the file: turning host key checking off must be visible in the workflow that does it.
+        "ssh-insecure-skip-host-key-check",
+        "Skip host key verification (true/false). Exposes the credentials to a man in the middle.",
+        "false",
+    ),
+    InputSpec(
+        "ssh-jump-hosts",
+        "Hops before the bastion, in order: [user@]host[:port], separated by commas or newlines. "
+        "Each hop's host key is checked against ssh-known-hosts / ssh-host-fingerprint; hops use the same credentials.",
+        in_file=True,
+        by_prefix="SSH_JUMP_HOSTS",
+    ),
+    InputSpec(
+        "ssh-keepalive-interval",
+        "Seconds between SSH keepalives; a dead link fails after 3 missed.",
+        "15",
+        in_file=True,
+    ),
+    InputSpec(
+        "connect-timeout",
+        "Seconds allowed for the SSH connection and for each database connect.",
+        "20",
+        in_file=True,
+    ),
+    InputSpec("db-host", "Database host as seen from the bastion.", in_file=True, by_prefix="DB_HOST"),
+    InputSpec("db-port", "Database port as seen from the bastion.", "5432", in_file=True, by_prefix="DB_PORT"),
+    InputSpec("db-name", "Database name.", in_file=True, by_prefix="DB_NAME"),
+    InputSpec("db-user", "Database user.", in_file=True, by_prefix="DB_USER"),
+    InputSpec("db-password", "Database password.", secret=True, by_prefix="DB_PASSWORD"),
+    InputSpec("db-sslmode", "libpq sslmode for the database connection.", "prefer", in_file=True),
+    InputSpec(
+        "databases",
+        "Fan-out: several databases behind the same bastion, [host[:port]/]name separated by commas or newlines "
+        "(host and port default to db-host and db-port); replaces db-name. One SSH connection serves them all.",
+        in_file=True,
+    ),
+    InputSpec("concurrency", "Fan-out: how many databases are worked on at once.", "4", in_file=True),
+    InputSpec("local-port", "Local port of the tunnel; 0 picks a free one.", "0", in_file=True),
+    InputSpec(
+        "django-settings-module",
+        "DJANGO_SETTINGS_MODULE for the command.",
+        in_file=True,
+        by_prefix="DJANGO_SETTINGS_MODULE",
+    ),
+    InputSpec("secret-key", "SECRET_KEY for the command.", secret=True, by_prefix="SECRET_KEY"),
+    InputSpec("extra-env", "More environment for the command, one NAME=value per line.", in_file=True),
+    InputSpec(
+        "database-url-env",
+        "Name of the variable that receives the database URL.",
+        "DATABASE_URL",
+        in_file=True,
+    ),
+    InputSpec("manage-py", "Path of manage.py, relative to working-directory.", "manage.py", in_file=True),
+    InputSpec(
+        "working-directory",
+        "Directory the command runs in (relative: to GITHUB_WORKSPACE).",
+        ".",
+        in_file=True,
+    ),
+    InputSpec(
+        "python",
+        "Interpreter for manage.py in lightweight mode: a name on PATH or an absolute path.",
+        "python",
+        in_file=True,
+    ),
+    InputSpec("fake-initial", "Pass --fake-initial to migrate (true/false).", "true", in_file=True),
+    InputSpec("timeout", "Seconds allowed for the whole run.", "1800", in_file=True),
+    InputSpec(
+        "lock",
+        "Take the database's migration lock: auto (migrate and custom), true or false.",
+        "auto",
+        in_file=True,
+    ),
+    InputSpec("lock-timeout", "Seconds to wait for the migration lock.", "300", in_file=True),
+    InputSpec("image", "Docker mode: image reference; may carry its own :tag or @sha256: digest.", in_file=True),
+    InputSpec("image-tag", "Docker mode: tag appended to image when it has none.", "latest", in_file=True),
+    InputSpec("registry", "Docker mode: registry to log in to; default the image reference's host.", in_file=True),
+    InputSpec("registry-username", "Docker mode: registry user (DigitalOcean: the access token).", in_file=True),
+    InputSpec("registry-password", "Docker mode: registry password or token.", secret=True),
+    InputSpec("pull", "Docker mode: always | missing | never.", "missing", in_file=True),
+)
+
+INPUTS_BY_NAME: Mapping[str, InputSpec] = {spec.name: spec for spec in INPUTS}
+
+
+def raw_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``INPUT_*`` variables that name known inputs, keyed by kebab-case name.
+
+    These raw inputs (or the local CLI's flags) are text as GitHub gives them: an empty
+    string means "not given", as in GitHub's composite actions.
+    """
+    return {spec.name: environ[spec.env] for spec in INPUTS if spec.env in environ}
+
+
+class Reader:
+    """Typed access to raw inputs; each parse error names its input (and the secret it was read from)."""
+
+    def __init__(self, raw: Mapping[str, str], secret_names: Mapping[str, str] | None = None) -> None:
+        self._raw = raw
+        self._secret_names = secret_names or {}
+
+    def text(self, name: str) -> str:
+        value = self._raw.get(name, "")
+        if not value.strip():
+            value = INPUTS_BY_NAME[name].default
+        return value if INPUTS_BY_NAME[name].secret else value.strip()
+
+    def optional(self, name: str) -> str | None:
+        return self.text(name) or None
+
+    def unset_secrets(self, *names: str) -> str:
+        """`` (secrets A and B are not set)`` for inputs the secrets-by-prefix layer looked for; else ''."""
+        secrets = [self._secret_names[name] for name in names if name in self._secret_names]
+        if not secrets:
+            return ""
+        if len(secrets) == 1:
+            return f" (secret {secrets[0]} is not set)"
+        return f" (secrets {' and '.join(secrets)} are not set)"
+
+    def required(self, name: str, what: str) -> str:
+        value = self.text(name)
+        if not value.strip():
+            unset = self.unset_secrets(name)
+            raise SettingsError(
+                f"{name}: required, expected {what}, got nothing{unset}",
+                hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
+            )
+        return value
+
+    def port(self, name: str, *, allow_zero: bool = False) -> int:
+        value = self.text(name)
+        low = 0 if allow_zero else 1
+        if not re.fullmatch(r"[0-9]{1,5}", value) or not low <= int(value) <= 65535:  # noqa: PLR2004
+            raise input_error(name, f"a port number {low}-65535", value)
+        return int(value)
+
+    def seconds(self, name: str) -> float:
+        value = self.text(name)
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number <= 0:
+            raise input_error(name, "a number of seconds greater than 0", value)
+        return number
+
+    def boolean(self, name: str) -> bool:
+        value = self.text(name).lower()
+        expected = "auto, true or false" if INPUTS_BY_NAME[name].default == "auto" else "true or false"
+        if value in {"true", "yes", "1", "on"}:
+            return True
+        if value in {"false", "no", "0", "off"}:
+            return False
+        raise input_error(name, expected, value)
+
+    def choice(self, name: str, enum_type: type[_E]) -> _E:
+        value = self.text(name).lower()
+        try:
+            return enum_type(value)
+        except ValueError:
+            choices = " | ".join(member.value for member in enum_type)
+            raise input_error(name, f"one of {choices}", value) from None
