@@ -255,7 +255,7 @@ def applied_rows(lab: dict[str, Any], database: str) -> int:
 
 def assert_failed_in(run: ActionRun, stage: str) -> None:
     """The failure contract: non-zero, result failure, one annotation naming the stage, a hint, the summary."""
-    assert run.returncode != 0, run.explain()
+    assert run.returncode == int(run.outputs["exit-code"]) != 0, run.explain()
     assert run.outputs["result"] == "failure", run.explain()
     errors = [line for line in run.annotations if line.startswith("::error")]
     assert len(errors) == 1, run.explain()

@@ -130,7 +130,7 @@ def assert_clean_failure(
     run: ActionRun, stage: str, *, hint_contains: str, message_contains: str, lab: Lab, database: str, before: Before
 ) -> str:
     """The common contract of a failed run; returns the error annotation's text (message, then hint)."""
-    assert run.returncode != 0, run.explain()
+    assert run.returncode == int(run.outputs["exit-code"]) != 0, run.explain()
     assert run.outputs.get("result") == "failure", run.explain()
     errors = [line for line in run.annotations if line.startswith("::error")]
     assert len(errors) == 1, run.explain()
@@ -486,6 +486,7 @@ def test_16_two_concurrent_migrations(inputs, lab, fresh_db, before, tmp_path, s
     applied = sorted((json.loads(run.outputs["applied"]) for run in runs), key=len)
     assert applied == [[], rows], "one run applied everything, the other nothing"
     waits = sorted(float(run.outputs["lock-wait-seconds"]) for run in runs)
+    assert waits[0] < 0.5, f"the first run took the lock at once: {waits}"
     assert waits[1] > 0.5, f"the second run waited for the first: {waits}"
     for run in runs:
         assert_nothing_left(run, lab, fresh_db, before)

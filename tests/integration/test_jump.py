@@ -167,7 +167,8 @@ def test_known_hosts_line_for_the_bastions_outer_address_does_not_cover_the_inne
     # The same key, but listed for 10.231.1.2: host keys are matched by the address each hop is reached at.
     run = run_jump({**jump_inputs, "ssh-known-hosts": lab["jump_known_hosts"] + "\n" + lab["ssh_known_hosts"]})
     assert_failed_in(run, "tunnel")
-    assert "the bastion" in run.annotations[0]
+    error = run.annotations[0]
+    assert f"the bastion {lab['ssh_password_user']}@{lab['bastion_inner_host']}:22" in error, error
 
 
 def test_wrong_password_names_the_hop_that_refused(run_jump, jump_inputs, lab) -> None:
