@@ -1,5 +1,9 @@
 """The only writer of GitHub workflow commands, outputs and the step summary.
 
+Written here, not through a library: each command is one escaped line, and
+github-action-utils 2.0 writes `::add-mask ::value` (act's parser rejects it and
+prints the secret) and reads file paths from os.environ only.
+
 Every line goes through the redactor first: the run's secrets never print,
 not even off GitHub where no runner would mask them. Off GitHub the same
 calls print plain, human-readable text instead of ``::`` commands.
@@ -9,16 +13,47 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TextIO
-
-import github_action_utils as gha
 
 from bastion_action.errors import ActionError
 
 TITLE = "bastion-migrate"
+
+# The runner's own rule for output names (letters, digits, `-`, `_`; no leading digit or `-`).
+_OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def escape_data(text: str) -> str:
+    """A command's message, as the runner unescapes it; `%` first so the others are decoded once."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """A property value (`title=`, `file=`, ...): `:` and `,` would end it early."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def command(name: str, message: str = "", properties: Mapping[str, str] | None = None) -> str:
+    """One workflow command line, without its newline: `::name k=v,k=v::message`."""
+    props = ",".join(f"{key}={escape_property(value)}" for key, value in (properties or {}).items())
+    # No space before `::` when there are no properties: act's parser does not accept one.
+    head = f"{name} {props}" if props else name
+    return f"::{head}::{escape_data(message)}"
+
+
+def output_record(name: str, value: str) -> str:
+    """One `GITHUB_OUTPUT` entry in the heredoc form, under a fresh delimiter nobody can predict."""
+    if not _OUTPUT_NAME.fullmatch(name):
+        raise ValueError(f"output name {name!r}: expected letters, digits, '-' or '_', not starting with a digit")
+    delimiter = f"ghadelimiter_{uuid.uuid4()}"
+    if delimiter in value:
+        raise ValueError(f"output {name}: the value contains its own delimiter")
+    return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
 
 
 class Console:
@@ -33,11 +68,11 @@ class Console:
     # -- secrets -----------------------------------------------------------
     def mask(self, values: Iterable[str]) -> None:
         """Register secrets; on GitHub also ``::add-mask::`` each, before anything else prints."""
-        new = [value for value in values if value and value not in self._secrets]
+        new = [value for value in dict.fromkeys(values) if value and value not in self._secrets]
         self._secrets = sorted([*self._secrets, *new], key=len, reverse=True)
         if self.github:
             for value in new:
-                self._command(lambda v=value: gha.echo(f"::add-mask::{_escape_data(v)}"))  # type: ignore[misc]
+                self._write(command("add-mask", value))
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -46,44 +81,36 @@ class Console:
         return text
 
     # -- log -----------------------------------------------------------------
-    def _command(self, emit: Callable[[], object]) -> None:
-        self._stream.flush()
-        with contextlib.redirect_stdout(self._stream):
-            emit()
-        self._stream.flush()
+    def _write(self, text: str) -> None:
+        print(text, file=self._stream, flush=True)
 
     def line(self, text: str) -> None:
-        print(self.redact(text), file=self._stream, flush=True)
+        self._write(self.redact(text))
 
     @contextlib.contextmanager
     def group(self, title: str) -> Iterator[None]:
-        title = self.redact(title)
-        if not self.github:
-            self.line(f"== {title}")
-            yield
-            return
-        self._command(lambda: gha.echo(f"::group::{_escape_data(title)}"))
+        self.open_group(title)
         try:
             yield
         finally:
-            self._command(gha.end_group)
+            self.close_group()
 
     def open_group(self, title: str) -> None:
         """A group whose end is not lexically scoped (a command started before its output is shown)."""
         title = self.redact(title)
         if self.github:
-            self._command(lambda: gha.echo(f"::group::{_escape_data(title)}"))
+            self._write(command("group", title))
         else:
             self.line(f"== {title}")
 
     def close_group(self) -> None:
         if self.github:
-            self._command(gha.end_group)
+            self._write(command("endgroup"))
 
     def warning(self, message: str, *, title: str = TITLE) -> None:
         message = self.redact(message)
         if self.github:
-            self._command(lambda: gha.warning(message, title=title))
+            self._write(command("warning", message, {"title": self.redact(title)}))
         else:
             self.line(f"warning: {message}")
 
@@ -93,8 +120,7 @@ class Console:
         hint = self.redact(error.hint)
         if self.github:
             body = f"{message}\nHint: {hint}" if hint else message
-            title = f"{TITLE}: {error.stage.value} failed"
-            self._command(lambda: gha.error(body, title=title))
+            self._write(command("error", body, {"title": f"{TITLE}: {error.stage.value} failed"}))
         else:
             self.line(f"error [{error.stage.value}]: {message}")
             if hint:
@@ -105,9 +131,9 @@ class Console:
         path = self._environ.get("GITHUB_OUTPUT")
         redacted = {name: self.redact(value) for name, value in outputs.items()}
         if path:
-            with _patched_environ("GITHUB_OUTPUT", path):
-                for name, value in redacted.items():
-                    gha.set_output(name, value)
+            records = "".join(output_record(name, value) for name, value in redacted.items())
+            with Path(path).open("a", encoding="utf-8", newline="") as file:
+                file.write(records)
         elif not self.github:
             self.line("outputs:")
             for name, value in redacted.items():
@@ -121,24 +147,3 @@ class Console:
                 file.write(text + "\n")
         elif not self.github:
             self.line(text)
-
-
-def _escape_data(text: str) -> str:
-    # github-action-utils 2.0 writes option-less commands as `::add-mask ::value`; GitHub's
-    # runner accepts that, act's command parser does not (and would print the secret).
-    # So these two are written whole here, escaped as the runner expects.
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-@contextlib.contextmanager
-def _patched_environ(name: str, value: str) -> Iterator[None]:
-    """github-action-utils reads the file path from os.environ; make it see ours."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous

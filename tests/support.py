@@ -1,4 +1,4 @@
-"""Test support: the lab's facts, running the action as GitHub would, the leak scanner."""
+"""Test support: the lab's facts, running the action as GitHub would, the leak and process scanners."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/lib/bastion-migrate-lab"))
@@ -136,27 +138,102 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
+OWN_NETNS = Path("/proc/self/ns/net")
+
+
+def netns(name: str) -> Path:
+    """The file of a named network namespace (as `ip netns add` creates it)."""
+    return Path("/run/netns") / name
+
+
+def alive(process: psutil.Process) -> bool:
+    """Zombies count as dead: a daemon the lab or a test stopped may linger as one until reaped."""
+    try:
+        return process.status() not in {psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD}
+    except psutil.Error:
+        return False
+
+
+def _in_netns(pid: int, namespace: os.stat_result) -> bool:
+    try:
+        own = Path(f"/proc/{pid}/ns/net").stat()
+    except OSError:
+        return False
+    return (own.st_dev, own.st_ino) == (namespace.st_dev, namespace.st_ino)
+
+
+def live_processes(*, namespace: Path | None = None, under: int | None = None) -> list[psutil.Process]:
+    """Live processes other than this one: all, or those in the network ``namespace`` (its file), or ``under``'s tree.
+
+    ``under`` includes that process itself and every descendant.
+    """
+    if under is None:
+        candidates = list(psutil.process_iter())
+    else:
+        try:
+            root = psutil.Process(under)
+            candidates = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            candidates = []
+    reference = None if namespace is None else namespace.stat()
+    return [
+        process
+        for process in candidates
+        if process.pid != os.getpid() and alive(process) and (reference is None or _in_netns(process.pid, reference))
+    ]
+
+
+def command_line(process: psutil.Process) -> str:
+    """The arguments joined by spaces, as `ps` shows them; empty once the process is gone."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Runner-side PIDs whose environment or command line contains ``text``.
 
     Only processes in the runner's network namespace count: the lab's own
     servers (a PostgreSQL backend serving the run) live in other namespaces.
+    Entries are NUL-separated, as in /proc: ``"sleep\0123"`` matches the argv ``sleep 123``.
     """
     found = []
-    own_netns = Path("/proc/self/ns/net").readlink()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for process in live_processes(namespace=OWN_NETNS):
         try:
-            status = (entry / "stat").read_text()
-            if ") Z" in status or (entry / "ns/net").readlink() != own_netns:
-                continue
-            blob = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
-        except OSError:
+            environ = "\0".join(f"{name}={value}" for name, value in process.environ().items())
+            blob = environ + "\0" + "\0".join(process.cmdline())
+        except psutil.Error:
             continue
-        if text.encode() in blob:
-            found.append(int(entry.name))
+        if text in blob:
+            found.append(process.pid)
     return found
+
+
+def sshd_sessions(namespace: str) -> dict[int, str]:
+    """Live per-connection sshd processes in a lab namespace (``sshd: user [priv]``, ``sshd: user``, preauth).
+
+    The listener itself (``sshd: ... [listener] ...``) is not a session.
+    """
+    found = {}
+    for process in live_processes(namespace=netns(namespace)):
+        line = command_line(process).strip()
+        if line.startswith("sshd:") and "[listener]" not in line:
+            found[process.pid] = line
+    return found
+
+
+def listening(port: int) -> bool:
+    """A TCP socket of this network namespace listens on ``port`` (any address).
+
+    Read from the socket table, not by connecting: a connect to a free ephemeral
+    port on 127.0.0.1 can connect to itself (TCP simultaneous open), and a live
+    listener of the action would take the probe for a client.
+    """
+    return any(
+        conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        for conn in psutil.net_connections(kind="tcp")
+    )
 
 
 # The sample project's migrations, in the order a full migrate applies them.
@@ -170,9 +247,15 @@ SAMPLE_MIGRATIONS = (
 )
 
 
+def applied_rows(lab: dict[str, Any], database: str) -> int:
+    """Rows in ``database``'s django_migrations; 0 before Django has created the table."""
+    exists = admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database)
+    return int(admin_sql(lab, "SELECT count(*) FROM django_migrations", database)) if exists == "t" else 0
+
+
 def assert_failed_in(run: ActionRun, stage: str) -> None:
     """The failure contract: non-zero, result failure, one annotation naming the stage, a hint, the summary."""
-    assert run.returncode != 0, run.explain()
+    assert run.returncode == int(run.outputs["exit-code"]) != 0, run.explain()
     assert run.outputs["result"] == "failure", run.explain()
     errors = [line for line in run.annotations if line.startswith("::error")]
     assert len(errors) == 1, run.explain()

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from support import finish_action, secret_forms, start_action
+from support import command_line, finish_action, live_processes, secret_forms, start_action
 
 
-def command_lines() -> str:
-    lines = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace"))
-            except OSError:
-                continue
-    return "\n".join(lines)
+def command_lines(pid: int) -> str:
+    # The action and its whole tree (it is a subreaper: even daemonised children stay in it);
+    # other processes on the machine are not the run's and may carry the lab's secrets themselves.
+    return "\n".join(command_line(process) for process in live_processes(under=pid))
 
 
 def test_no_secret_in_any_argv_during_a_migration(base_inputs, secrets, lab, tmp_path) -> None:
@@ -26,7 +20,7 @@ def test_no_secret_in_any_argv_during_a_migration(base_inputs, secrets, lab, tmp
     seen = ""
     deadline = time.monotonic() + 30
     while process.poll() is None and time.monotonic() < deadline:
-        seen += command_lines()
+        seen += command_lines(process.pid)
         time.sleep(0.2)
     run = finish_action(process, tmp_path, started)
     assert run.returncode == 0, run.explain()

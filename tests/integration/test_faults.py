@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -32,7 +31,9 @@ from support import (
     ActionRun,
     admin_sql,
     finish_action,
+    listening,
     processes_mentioning,
+    sshd_sessions,
     start_action,
     start_lock_holder,
     with_docker,
@@ -59,17 +60,7 @@ def containers() -> set[str]:
 
 def bastion_sessions(lab: Lab) -> set[int]:
     """Live per-connection sshd processes in the bastion namespace (the lab's main and fault sshd)."""
-    listed = subprocess.run(["ip", "netns", "pids", lab["bastion_ns"]], capture_output=True, text=True, check=True)
-    found = set()
-    for pid in map(int, listed.stdout.split()):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if ") Z" not in stat and cmdline.startswith("sshd:") and "[listener]" not in cmdline:
-            found.add(pid)
-    return found
+    return set(sshd_sessions(lab["bastion_ns"]))
 
 
 def action_locks(lab: Lab, database: str) -> int:
@@ -79,12 +70,6 @@ def action_locks(lab: Lab, database: str) -> int:
         "WHERE l.locktype = 'advisory' AND l.classid = 1651733614 AND d.datname = current_database()"
     )
     return int(admin_sql(lab, query, database))
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def eventually(probe: Callable[[], Any], timeout: float = DRAIN_SECONDS) -> Any:
@@ -145,7 +130,7 @@ def assert_clean_failure(
     run: ActionRun, stage: str, *, hint_contains: str, message_contains: str, lab: Lab, database: str, before: Before
 ) -> str:
     """The common contract of a failed run; returns the error annotation's text (message, then hint)."""
-    assert run.returncode != 0, run.explain()
+    assert run.returncode == int(run.outputs["exit-code"]) != 0, run.explain()
     assert run.outputs.get("result") == "failure", run.explain()
     errors = [line for line in run.annotations if line.startswith("::error")]
     assert len(errors) == 1, run.explain()
@@ -435,7 +420,7 @@ def _sigterm_then_sigkill(process: subprocess.Popen[str]) -> float:
 @pytest.mark.parametrize("phase", ["15-sigterm-in-probe", "15-sigterm-in-lock-wait", "15-sigterm-in-command"])
 def test_15_cancelled(phase: str, inputs, lab, fresh_db, before, tmp_path, secrets) -> None:
     run_inputs = {**inputs, "command": "migrate", "connect-timeout": "20"}
-    holder = contextlib.nullcontext()
+    holder: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if phase == "15-sigterm-in-probe":  # the database never answers: the probe waits
         run_inputs["db-port"] = str(lab["db_silent_port"])
         syn_sent = ["ip", "netns", "exec", lab["bastion_ns"], "ss", "-Htn", "state", "syn-sent"]
@@ -501,6 +486,7 @@ def test_16_two_concurrent_migrations(inputs, lab, fresh_db, before, tmp_path, s
     applied = sorted((json.loads(run.outputs["applied"]) for run in runs), key=len)
     assert applied == [[], rows], "one run applied everything, the other nothing"
     waits = sorted(float(run.outputs["lock-wait-seconds"]) for run in runs)
+    assert waits[0] < 0.5, f"the first run took the lock at once: {waits}"
     assert waits[1] > 0.5, f"the second run waited for the first: {waits}"
     for run in runs:
         assert_nothing_left(run, lab, fresh_db, before)

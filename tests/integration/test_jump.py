@@ -12,14 +12,22 @@ import dataclasses
 import os
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import admin_sql, assert_failed_in, finish_action, processes_mentioning, start_action
-from test_lightweight import SAMPLE_MIGRATIONS, applied_rows
+from support import (
+    SAMPLE_MIGRATIONS,
+    admin_sql,
+    applied_rows,
+    assert_failed_in,
+    finish_action,
+    listening,
+    processes_mentioning,
+    sshd_sessions,
+    start_action,
+)
 
 from bastion_action import settings, tunnel
 from bastion_action.errors import TunnelError
@@ -30,21 +38,7 @@ SESSION_DRAIN_SECONDS = 5
 
 def jump_sessions(lab: dict[str, Any]) -> list[tuple[int, str]]:
     """The jump sshd's live per-connection processes (``sshd: user [priv]``, ``sshd: user``, preauth)."""
-    listed = subprocess.run(["ip", "netns", "pids", lab["jump_ns"]], capture_output=True, text=True, check=True)
-    listener = int(Path(lab["jump_sshd_pidfile"]).read_text().strip())
-    found = []
-    for pid in map(int, listed.stdout.split()):
-        if pid == listener:
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if ") Z" in stat or not cmdline.startswith("sshd:") or "[listener]" in cmdline:
-            continue
-        found.append((pid, cmdline))
-    return found
+    return sorted(sshd_sessions(lab["jump_ns"]).items())
 
 
 def wait_for_sessions(lab: dict[str, Any], predicate, timeout: float = SESSION_DRAIN_SECONDS):
@@ -54,12 +48,6 @@ def wait_for_sessions(lab: dict[str, Any], predicate, timeout: float = SESSION_D
         time.sleep(0.1)
         sessions = jump_sessions(lab)
     return sessions
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def assert_chain_closed(lab: dict[str, Any], run=None) -> None:
@@ -146,8 +134,8 @@ def test_migrate_through_the_jump_host(run_jump, jump_inputs, lab, fresh_db) -> 
     run = run_jump({**jump_inputs, "command": "migrate"})
     assert run.returncode == 0, run.explain()
     assert run.outputs["result"] == "success"
-    assert run.stdout.count("Applying ") == SAMPLE_MIGRATIONS
-    assert applied_rows(lab, fresh_db) == SAMPLE_MIGRATIONS
+    assert run.stdout.count("Applying ") == len(SAMPLE_MIGRATIONS)
+    assert applied_rows(lab, fresh_db) == len(SAMPLE_MIGRATIONS)
 
 
 def wrong_line_for(lab: dict[str, Any], address: str) -> str:
@@ -179,7 +167,8 @@ def test_known_hosts_line_for_the_bastions_outer_address_does_not_cover_the_inne
     # The same key, but listed for 10.231.1.2: host keys are matched by the address each hop is reached at.
     run = run_jump({**jump_inputs, "ssh-known-hosts": lab["jump_known_hosts"] + "\n" + lab["ssh_known_hosts"]})
     assert_failed_in(run, "tunnel")
-    assert "the bastion" in run.annotations[0]
+    error = run.annotations[0]
+    assert f"the bastion {lab['ssh_password_user']}@{lab['bastion_inner_host']}:22" in error, error
 
 
 def test_wrong_password_names_the_hop_that_refused(run_jump, jump_inputs, lab) -> None:

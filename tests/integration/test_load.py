@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
-from pathlib import Path
 
-from support import admin_sql, finish_action, start_action, unique
+import psutil
+from support import admin_sql, finish_action, live_processes, start_action, unique
 
 PARALLEL = 10
 SEQUENTIAL = 50
@@ -16,27 +17,23 @@ SEQUENTIAL = 50
 SERVICES = frozenset({"sshd", "postgres", "dockerd", "containerd", "docker-registry"})
 
 
-def _services() -> list[Path]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() in SERVICES and ") Z" not in (entry / "stat").read_text():
-                found.append(entry)
-        except OSError:
-            continue
-    return found
+def _services() -> list[psutil.Process]:
+    return [process for process in live_processes() if _name(process) in SERVICES]
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:
+        return ""
 
 
 def open_files() -> int:
     """Open descriptors of the services a run uses, plus this process's own."""
-    total = len(list(Path("/proc/self/fd").iterdir()))
-    for entry in _services():
-        try:
-            total += len(list((entry / "fd").iterdir()))
-        except OSError:
-            continue
+    total = psutil.Process().num_fds()
+    for process in _services():
+        with contextlib.suppress(psutil.Error):
+            total += process.num_fds()
     return total
 
 

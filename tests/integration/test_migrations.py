@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -32,7 +33,8 @@ def recorded(lab, database: str) -> list[str]:
 
 def test_check_plan_migrate_check(action, base_inputs, lab, fresh_db) -> None:
     check = action({**base_inputs, "command": "check"})
-    assert check.returncode != 0, check.explain()
+    assert check.returncode == 1, check.explain()
+    assert check.outputs["exit-code"] == "1"
     assert check.outputs["result"] == "pending"
     assert check.outputs["pending-count"] == "6"
     assert sorted(json.loads(check.outputs["pending"])) == sorted(SAMPLE)
@@ -55,7 +57,8 @@ def test_check_plan_migrate_check(action, base_inputs, lab, fresh_db) -> None:
     assert sorted(json.loads(migrate.outputs["applied"])) == sorted(SAMPLE)
     assert migrate.outputs["applied-count"] == "6"
     assert migrate.outputs["pending-count"] == "0"
-    assert float(migrate.outputs["lock-wait-seconds"]) >= 0
+    assert re.fullmatch(r"[0-9]+\.[0-9]{3}", migrate.outputs["lock-wait-seconds"])
+    assert float(migrate.outputs["lock-wait-seconds"]) < 1, "nobody else holds the lock: taken at once"
     state = json.loads(migrate.outputs["migrations"])
     assert state["catalog"][0] == {"name": "0001_initial", "applied": True, "state": "applied"}
     assert "✅ applied by this run" in migrate.summary
@@ -83,7 +86,8 @@ def test_showmigrations_state_and_targeted_migrate(action, base_inputs) -> None:
 
 def test_failed_migrate_names_the_migration_and_what_is_left(action, base_inputs, lab, fresh_db) -> None:
     run = action({**base_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_FAIL=1"})
-    assert run.returncode != 0
+    assert run.returncode == 1, run.explain()
+    assert run.outputs["exit-code"] == "1"
     assert "while applying audit.0002_test_hooks" in run.annotations[0]
     assert json.loads(run.outputs["pending"]) == ["audit.0002_test_hooks"]
     assert json.loads(run.outputs["applied"]) == recorded(lab, fresh_db)

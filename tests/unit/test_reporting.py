@@ -1,15 +1,9 @@
-"""Pure reporting: outputs, summary, console masking and annotation escaping."""
+"""Pure reporting: the step outputs and the summary of a run."""
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
-import pytest
-
 from bastion_action import report
 from bastion_action.errors import CommandError, TunnelError
-from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult, ServerInfo
 
 SERVER = ServerInfo(version="15.14", database="app", user="migrator", ssl=True, rtt_ms=1.25, applied_migrations=None)
@@ -55,67 +49,6 @@ def test_summary_names_the_stage_and_shows_the_tail() -> None:
 def test_summary_of_a_success_has_no_tail() -> None:
     run = RunResult("dev", "lightweight", "showmigrations", result=Result.SUCCESS, output_tail=["x"])
     assert "Last" not in report.summary(run)
-
-
-def console(environ: dict[str, str]) -> tuple[Console, io.StringIO]:
-    stream = io.StringIO()
-    return Console(environ, stream), stream
-
-
-def test_masks_come_first_and_only_on_github() -> None:
-    gh, out = console({"GITHUB_ACTIONS": "true"})
-    gh.mask(["hunter2", "line1\nline2"])
-    gh.line("password is hunter2")
-    lines = out.getvalue().splitlines()
-    assert lines[0] == "::add-mask::hunter2"
-    assert lines[1] == "::add-mask::line1%0Aline2"
-    assert lines[2] == "password is ***"
-
-    local, out = console({})
-    local.mask(["hunter2"])
-    local.line("password is hunter2")
-    assert out.getvalue() == "password is ***\n"
-
-
-def test_longer_secrets_are_redacted_before_their_parts() -> None:
-    gh, out = console({})
-    gh.mask(["abc", "xxabcxx"])
-    gh.line("xxabcxx abc")
-    assert out.getvalue() == "*** ***\n"
-
-
-def test_annotation_is_escaped_and_names_the_stage() -> None:
-    gh, out = console({"GITHUB_ACTIONS": "true"})
-    gh.failure(TunnelError("50% lost\r\nreally", hint="do this"))
-    assert out.getvalue() == (
-        "::error title=bastion-migrate%3A tunnel failed::50%25 lost%0D%0Areally%0AHint: do this\n"
-    )
-
-
-def test_outputs_and_summary_go_to_files(tmp_path: Path) -> None:
-    output, summary = tmp_path / "out", tmp_path / "summary"
-    gh, _ = console({"GITHUB_ACTIONS": "true", "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(summary)})
-    gh.mask(["s3cret"])
-    gh.set_outputs({"result": "success", "leak": "s3cret"})
-    gh.summary("# hi s3cret")
-    assert "s3cret" not in output.read_text()
-    assert "result<<ghadelimiter_" in output.read_text()
-    assert summary.read_text() == "# hi ***\n"
-
-
-@pytest.mark.parametrize("github", [True, False], ids=["github", "local"])
-def test_warning(github: bool) -> None:
-    env = {"GITHUB_ACTIONS": "true"} if github else {}
-    gh, out = console(env)
-    gh.warning("careful")
-    assert out.getvalue() == ("::warning title=bastion-migrate::careful\n" if github else "warning: careful\n")
-
-
-def test_groups_are_written_without_a_stray_space() -> None:
-    gh, out = console({"GITHUB_ACTIONS": "true"})
-    with gh.group("manage.py 100%"):
-        gh.line("inside")
-    assert out.getvalue() == "::group::manage.py 100%25\ninside\n::endgroup::\n"
 
 
 def test_structured_outputs_and_the_per_app_table() -> None:
