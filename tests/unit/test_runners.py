@@ -266,7 +266,7 @@ def test_pull_errors_are_classified(message: str, anchor: str, start: str) -> No
 
 
 async def test_docker_log_frames_are_split_into_lines() -> None:
-    async def frames():  # type: ignore[no-untyped-def]
+    async def frames():
         for chunk in ["one\ntw", "o\r\nthr", "ee"]:
             yield chunk
 
