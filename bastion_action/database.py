@@ -69,7 +69,8 @@ async def _connect_with_retries(
         try:
             return await connect(db, port, timeout)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            fatal = _fatal(exc, db) or explain()
+            # A channel the bastion refused explains whatever asyncpg then saw (a reset, a closed connection).
+            fatal = explain() or _fatal(exc, db)
             if fatal:
                 raise fatal from exc
             last = exc

@@ -132,8 +132,11 @@ async def _pull(
 class _Run:
     """Builds what the databases share, then runs each (at most ``concurrency`` at once)."""
 
-    def __init__(self, settings: Settings, console: Console, run: RunResult, clock: Clock) -> None:
+    def __init__(
+        self, settings: Settings, console: Console, run: RunResult, clock: Clock, runner: Runner | None
+    ) -> None:
         self.settings = settings
+        self.runner = runner
         self.console = console
         self.run = run
         self.clock = clock
@@ -161,6 +164,8 @@ class _Run:
         settings = self.settings
         if settings.command is Command.PROBE:
             return None, None, None
+        if self.runner is not None:
+            return self.runner, None, None
         with self.clock.stage_of(Stage.SETTINGS):
             on_runner = local.prepare(settings, os.environ) if settings.mode.on_runner else None
         if not settings.mode.in_image:
@@ -255,14 +260,17 @@ def _fan_in(run: RunResult) -> None:
         )
 
 
-async def execute(settings: Settings, console: Console) -> RunResult:
-    """Run every stage; always returns what the run got to (never raises for expected failures)."""
+async def execute(settings: Settings, console: Console, *, runner: Runner | None = None) -> RunResult:
+    """Run every stage; always returns what the run got to (never raises for expected failures).
+
+    ``runner`` replaces the one ``settings.mode`` names (tests run the whole pipeline with their own).
+    """
     run = RunResult(environment=settings.environment, mode=settings.mode.value, command=settings.command.value)
     clock = Clock(run)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.timeout):
-            await _Run(settings, console, run, clock)()
+            await _Run(settings, console, run, clock, runner)()
     except (ActionError, TimeoutError) as exc:
         record(run, clock, settings, exc)
     except asyncio.CancelledError:

@@ -1,0 +1,133 @@
+"""The entry: argv / INPUT_* -> settings -> pipeline -> outputs, summary, exit code (in process, no lab)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from local_postgres import Postgres, running_postgres
+from sshd import SSHD, start_sshd
+from support import parse_output_file
+
+from bastion_action import cli
+from bastion_action.runners import local
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def sshd_thread() -> Iterator[SSHD]:
+    """An in-process SSH server on its own event loop in a thread: cli.main() runs its own loop in this one."""
+    loop = asyncio.new_event_loop()
+    started: list[SSHD] = []
+    stop = asyncio.Event()
+    ready = threading.Event()
+
+    async def serve() -> None:
+        async with start_sshd() as server:
+            started.append(server)
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield started[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_subreaper(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A subreaper test process would adopt (and a run's sweep end) daemons the tests start, PostgreSQL included.
+    monkeypatch.setattr(local, "become_subreaper", lambda: True)
+
+
+def github_env(tmp_path: Path, **inputs: str) -> dict[str, str]:
+    env = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(tmp_path / "out"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "sum"),
+    }
+    env.update({"INPUT_" + name.upper(): value for name, value in inputs.items()})
+    return env
+
+
+def outputs(tmp_path: Path) -> dict[str, str]:
+    return parse_output_file((tmp_path / "out").read_text())
+
+
+def test_flags_win_over_input_variables_and_env_is_an_alias() -> None:
+    raw = cli.raw_inputs(["--env", "uat", "--db-port", "6543"], {"INPUT_DB_PORT": "5432", "INPUT_DB_NAME": "app"})
+    assert raw == {"environment": "uat", "db-port": "6543", "db-name": "app"}
+
+
+def test_the_action_itself_passes_no_flags() -> None:
+    assert cli.raw_inputs([], {"INPUT_SSH_HOST": "b", "OTHER": "x"}) == {"ssh-host": "b"}
+
+
+def test_an_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.raw_inputs(["--no-such-flag", "x"], {})
+    assert info.value.code == 2
+    assert "unrecognized arguments: --no-such-flag x" in capsys.readouterr().err
+
+
+def test_bad_input_fails_in_the_settings_stage_with_masks_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = github_env(tmp_path, ssh_host="b", ssh_user="u", ssh_password="pw-Secret!1", ssh_port="99999")
+    assert cli.main([], env) == 1
+    lines = capsys.readouterr().out.splitlines()
+    first_other = next(number for number, line in enumerate(lines) if not line.startswith("::add-mask::"))
+    assert set(lines[:first_other]) == {"::add-mask::pw-Secret!1", "::add-mask::pw-Secret%25211"}  # and its URL form
+    errors = [line for line in lines if line.startswith("::error")]
+    assert len(errors) == 1
+    assert errors[0].startswith("::error title=bastion-migrate%3A settings failed::")
+    assert "pw-Secret!1" not in "\n".join(line for line in lines if not line.startswith("::add-mask::"))
+    found = outputs(tmp_path)
+    assert found["result"] == "failure"
+    assert found["exit-code"] == "1"
+    assert "**Failed in the `settings` stage:**" in (tmp_path / "sum").read_text()
+
+
+def test_a_probe_end_to_end(
+    tmp_path: Path, sshd_thread: SSHD, postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = github_env(
+        tmp_path,
+        environment="unit",
+        mode="lightweight",
+        command="probe",
+        ssh_host=sshd_thread.host,
+        ssh_port=str(sshd_thread.port),
+        ssh_user=sshd_thread.user,
+        ssh_password=sshd_thread.password,
+        ssh_known_hosts=sshd_thread.known_hosts,
+        db_host=postgres.host,
+        db_port=str(postgres.port),
+        db_name="postgres",
+        db_user=postgres.user,
+        db_password=postgres.password,
+        db_sslmode="disable",
+    )
+    assert cli.main([], env) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("::add-mask::")]
+    assert [line for line in shown if postgres.password in line or sshd_thread.password in line] == []
+    found = outputs(tmp_path)
+    assert found["result"] == "success"
+    assert found["exit-code"] == "0"
+    assert found["server-version"].startswith("15")
+    assert int(found["tunnel-port"]) > 0
+    summary = (tmp_path / "sum").read_text()
+    assert summary.startswith("### ✅ bastion-migrate: `probe` on unit — success")

@@ -1,0 +1,403 @@
+"""The whole pipeline without root or the lab: an in-process SSH server, a real PostgreSQL, a scripted runner.
+
+The runner stands in for Django: it connects through the gate with asyncpg, records what it saw
+(was the lock held when its first query ran?), writes ``django_migrations`` and prints Django's lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+
+import asyncpg
+import pytest
+from factories import make_settings
+from local_postgres import Postgres, running_postgres
+from sshd import SSHD, pending_tasks, refuses
+
+from bastion_action import database, pipeline
+from bastion_action.errors import CommandError, LockError, PendingMigrationsError, TunnelError
+from bastion_action.gha import Console
+from bastion_action.report import Result, RunResult
+
+MIGRATIONS = [("catalog", "0001_initial"), ("catalog", "0002_product_sku"), ("orders", "0001_initial")]
+Emit = Callable[[str], None]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+async def databases(postgres: Postgres) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Creates fresh databases on demand; drops them afterwards."""
+    created: list[str] = []
+
+    async def create() -> str:
+        name = f"t_{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(postgres.dsn())
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        created.append(name)
+        return name
+
+    yield create
+    admin = await asyncpg.connect(postgres.dsn())
+    try:
+        for name in created:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def lock_held_by_another(connection: asyncpg.Connection, name: str) -> bool:
+    key1, key2 = database.lock_keys(name)
+    return bool(
+        await connection.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
+            "AND classid = ($1::bigint & 4294967295)::oid AND objid = ($2::bigint & 4294967295)::oid",
+            key1,
+            key2,
+        )
+    )
+
+
+class ScriptedRunner:
+    """A ``Runner`` whose command is a coroutine: ``script(connection, emit) -> exit code``."""
+
+    where = ""
+
+    def __init__(
+        self,
+        script: Callable[[asyncpg.Connection, Emit], Awaitable[int]] | None = None,
+        plan: list[str] | None = None,
+    ) -> None:
+        self.script = script or apply_migrations
+        self.plan = plan  # what `manage.py migrate --plan` prints when the pipeline asks what is left
+        self.argvs: list[list[str]] = []
+        self.started: list[float] = []
+        self.connected: list[float] = []
+        self.lock_seen: list[bool] = []
+        self.cancelled = 0
+        self.running = 0
+        self.most_at_once = 0
+        self.first_query = asyncio.Event()
+
+    def interpreter(self) -> str:
+        return "python"
+
+    async def ready(self) -> None:
+        return
+
+    async def run(self, argv: Sequence[str], *, database_url: str, on_line: Emit, tail: collections.deque[str]) -> int:
+        self.argvs.append(list(argv))
+        if self.plan is not None and "--plan" in argv:
+            for line in self.plan:
+                on_line(line)
+                tail.append(line)
+            return 0
+        self.started.append(time.monotonic())
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+
+        def emit(line: str) -> None:
+            tail.append(line)
+            on_line(line)
+
+        try:
+            connection = await asyncpg.connect(database_url, timeout=30)
+            try:
+                name = await connection.fetchval("SELECT current_database()")
+                self.connected.append(time.monotonic())
+                self.lock_seen.append(await lock_held_by_another(connection, name))
+                self.first_query.set()
+                return await self.script(connection, emit)
+            finally:
+                await connection.close()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+
+
+async def apply_migrations(connection: asyncpg.Connection, emit: Emit) -> int:
+    await connection.execute(
+        "CREATE TABLE IF NOT EXISTS django_migrations (id serial PRIMARY KEY, app text, name text, applied timestamptz)"
+    )
+    emit("Running migrations:")
+    for app, name in MIGRATIONS:
+        await asyncio.sleep(0.05)
+        await connection.execute("INSERT INTO django_migrations (app, name, applied) VALUES ($1, $2, now())", app, name)
+        emit(f"  Applying {app}.{name}... OK")
+    return 0
+
+
+def sleeping(seconds: float) -> Callable[[asyncpg.Connection, Emit], Awaitable[int]]:
+    async def script(_connection: asyncpg.Connection, emit: Emit) -> int:
+        emit("working")
+        await asyncio.sleep(seconds)
+        return 0
+
+    return script
+
+
+def inputs(sshd: SSHD, postgres: Postgres, name: str, **overrides: str) -> dict[str, str]:
+    values = {
+        "ssh_host": sshd.host,
+        "ssh_port": str(sshd.port),
+        "ssh_user": sshd.user,
+        "ssh_password": sshd.password,
+        "ssh_known_hosts": sshd.known_hosts,
+        "ssh_host_fingerprint": "",
+        "db_host": postgres.host,
+        "db_port": str(postgres.port),
+        "db_name": name,
+        "db_user": postgres.user,
+        "db_password": postgres.password,
+        "db_sslmode": "disable",
+        "connect_timeout": "5",
+        "environment": "unit",
+    }
+    return values | overrides
+
+
+async def execute(
+    runner: ScriptedRunner | None, sshd: SSHD, postgres: Postgres, name: str, **overrides: str
+) -> RunResult:
+    parsed = make_settings(**inputs(sshd, postgres, name, **overrides))
+    # The log goes to a buffer: these tests read the results, not the log.
+    return await pipeline.execute(parsed, Console({}, stream=io.StringIO()), runner=runner)
+
+
+async def nothing_left(port: int | None) -> None:
+    assert await pending_tasks() == set()
+    if port is not None:
+        assert await refuses(port)
+
+
+async def test_migrate_applies_under_the_lock_and_reports_what_it_applied(sshd, postgres, databases) -> None:
+    name = await databases()
+    runner = ScriptedRunner()
+    run = await execute(runner, sshd, postgres, name)
+    assert run.error is None, run.error
+    assert run.result is Result.SUCCESS
+    assert run.exit_code == 0
+    assert run.applied == [f"{app}.{migration}" for app, migration in MIGRATIONS]
+    assert run.pending == []
+    assert run.server is not None
+    assert run.server.version.startswith("15")
+    assert run.server.applied_migrations is None  # no django_migrations table at probe time
+    assert run.lock_wait is not None
+    assert run.lock_wait < 1
+    assert runner.lock_seen == [True]  # the command's first query ran with the action's lock held
+    assert run.output_tail[-1] == "  Applying orders.0001_initial... OK"
+    assert set(run.timings) == {"settings", "tunnel", "probe", "lock", "command"}
+    check = await asyncpg.connect(postgres.dsn(name))
+    try:
+        assert not await lock_held_by_another(check, name)  # released
+    finally:
+        await check.close()
+    await nothing_left(run.tunnel_port)
+
+
+async def test_the_command_starts_at_once_but_reaches_the_database_only_after_the_lock(
+    sshd, postgres, databases
+) -> None:
+    name = await databases()
+    holder = await asyncpg.connect(postgres.dsn(name))
+    key1, key2 = database.lock_keys(name)
+    await holder.execute("SELECT pg_advisory_lock($1, $2)", key1, key2)
+    runner = ScriptedRunner()
+    running = asyncio.ensure_future(execute(runner, sshd, postgres, name))
+    await asyncio.sleep(1.0)
+    assert len(runner.started) == 1  # started while the lock was still held by another session
+    assert runner.connected == []  # ... but held at the gate
+    released = time.monotonic()
+    await holder.execute("SELECT pg_advisory_unlock($1, $2)", key1, key2)
+    await holder.close()
+    run = await running
+    assert run.result is Result.SUCCESS, run.error
+    assert runner.connected[0] > released
+    assert run.lock_wait is not None
+    assert run.lock_wait >= 0.9
+
+
+async def test_a_lock_held_too_long_fails_the_lock_stage_and_the_command_never_connects(
+    sshd, postgres, databases
+) -> None:
+    name = await databases()
+    holder = await asyncpg.connect(postgres.dsn(name))
+    key1, key2 = database.lock_keys(name)
+    await holder.execute("SELECT pg_advisory_lock($1, $2)", key1, key2)
+    try:
+        runner = ScriptedRunner()
+        run = await execute(runner, sshd, postgres, name, lock_timeout="0.6")
+    finally:
+        await holder.close()
+    assert run.result is Result.FAILURE
+    assert isinstance(run.error, LockError)
+    assert run.error.message.startswith(f"the migration lock on database '{name}' is held by ")
+    assert run.error.message.endswith("gave up after 0.6 s (lock-timeout)")
+    assert runner.connected == []
+    assert runner.cancelled == 1
+    await nothing_left(run.tunnel_port)
+
+
+async def test_a_custom_command_starts_only_under_the_lock(sshd, postgres, databases) -> None:
+    name = await databases()
+    runner = ScriptedRunner(sleeping(0))
+    run = await execute(runner, sshd, postgres, name, command="custom", args="alembic upgrade head")
+    assert run.result is Result.SUCCESS, run.error
+    assert run.applied is None  # not a Django command: no results are read
+    assert runner.lock_seen == [True]
+
+
+async def test_a_dropped_ssh_connection_stops_the_command_and_fails_the_tunnel_stage(sshd, postgres, databases) -> None:
+    name = await databases()
+    runner = ScriptedRunner(sleeping(30))
+    running = asyncio.ensure_future(execute(runner, sshd, postgres, name))
+    await asyncio.wait_for(runner.first_query.wait(), 10)
+    started = time.monotonic()
+    sshd.drop()
+    run = await running
+    assert time.monotonic() - started < 5
+    assert isinstance(run.error, TunnelError)
+    assert run.error.anchor == "tunnel-dropped"
+    assert run.result is Result.FAILURE
+    assert runner.cancelled == 1
+    await nothing_left(run.tunnel_port)
+
+
+async def test_cancelling_the_run_stops_the_command_and_releases_everything(sshd, postgres, databases) -> None:
+    name = await databases()
+    runner = ScriptedRunner(sleeping(30))
+    running = asyncio.ensure_future(execute(runner, sshd, postgres, name))
+    await asyncio.wait_for(runner.first_query.wait(), 10)
+    running.cancel()
+    run = await running  # execute() reports a cancelled run instead of raising
+    assert run.cancelled
+    assert run.result is Result.FAILURE
+    assert runner.cancelled == 1
+    await nothing_left(run.tunnel_port)
+
+
+async def test_the_run_timeout_names_the_stage_that_was_running(sshd, postgres, databases) -> None:
+    name = await databases()
+    runner = ScriptedRunner(sleeping(30))
+    run = await execute(runner, sshd, postgres, name, timeout="1.5")
+    assert isinstance(run.error, CommandError)
+    assert run.error.message == (
+        "timed out: the whole run is limited to 1.5 s (timeout) and the command stage was still running"
+    )
+    assert runner.cancelled == 1
+    await nothing_left(run.tunnel_port)
+
+
+async def test_a_failing_command_reports_its_exit_code_and_what_it_applied(sshd, postgres, databases) -> None:
+    name = await databases()
+
+    async def fails_half_way(connection: asyncpg.Connection, emit: Emit) -> int:
+        await connection.execute(
+            "CREATE TABLE django_migrations (id serial PRIMARY KEY, app text, name text, applied timestamptz)"
+        )
+        await connection.execute(
+            "INSERT INTO django_migrations (app, name, applied) VALUES ('catalog', '0001_initial', now())"
+        )
+        emit("  Applying catalog.0001_initial... OK")
+        emit("  Applying catalog.0002_product_sku...Traceback (most recent call last):")
+        return 1
+
+    plan = ["Planned operations:", "catalog.0002_product_sku", "    Add field sku to product"]
+    runner = ScriptedRunner(fails_half_way, plan=plan)
+    run = await execute(runner, sshd, postgres, name)
+    assert isinstance(run.error, CommandError)
+    assert run.error.message == (
+        "`manage.py migrate --noinput --fake-initial` exited with code 1 while applying catalog.0002_product_sku"
+    )
+    assert run.error.exit_code == 1
+    assert run.failed_migration == "catalog.0002_product_sku"
+    assert run.applied == ["catalog.0001_initial"]
+    assert run.pending == ["catalog.0002_product_sku"]  # from the follow-up `migrate --plan`
+    assert runner.argvs == [["manage.py", "migrate", "--noinput", "--fake-initial"], ["manage.py", "migrate", "--plan"]]
+    assert run.exit_code == 1
+    assert run.output_tail[-1] == "  Applying catalog.0002_product_sku...Traceback (most recent call last):"
+
+
+async def test_check_with_pending_migrations_is_pending(sshd, postgres, databases) -> None:
+    name = await databases()
+
+    async def plan(_connection: asyncpg.Connection, emit: Emit) -> int:
+        for line in ["Planned operations:", "catalog.0001_initial", "    Create model Product"]:
+            emit(line)
+        return 0
+
+    runner = ScriptedRunner(plan)
+    run = await execute(runner, sshd, postgres, name, command="check")
+    assert run.result is Result.PENDING
+    assert isinstance(run.error, PendingMigrationsError)
+    assert run.pending == ["catalog.0001_initial"]
+    assert run.exit_code == 1
+    assert run.lock_wait is None  # a read-only command takes no lock by default
+    assert runner.lock_seen == [False]
+
+
+async def test_probe_runs_no_command(sshd, postgres, databases) -> None:
+    name = await databases()
+    runner = ScriptedRunner()
+    run = await execute(runner, sshd, postgres, name, command="probe")
+    assert run.result is Result.SUCCESS, run.error
+    assert runner.started == []
+    assert run.server is not None
+    assert run.server.database == name
+
+
+async def test_a_refused_forward_fails_the_tunnel_stage_with_the_bastions_reason(sshd, postgres, databases) -> None:
+    name = await databases()
+    sshd.refuse_forwarding = True
+    runner = ScriptedRunner()
+    run = await execute(runner, sshd, postgres, name)
+    assert isinstance(run.error, TunnelError)
+    assert run.error.anchor == "forward-refused"
+    assert runner.connected == []
+    await nothing_left(run.tunnel_port)
+
+
+async def test_fan_out_runs_each_database_at_most_concurrency_at_a_time(sshd, postgres, databases) -> None:
+    names = [await databases() for _ in range(4)]
+    runner = ScriptedRunner()
+    run = await execute(runner, sshd, postgres, "", databases=",".join(names), concurrency="2")
+    assert run.result is Result.SUCCESS, run.error
+    assert run.targets is not None
+    assert [target.database for target in run.targets] == names
+    assert all(target.result is Result.SUCCESS for target in run.targets)
+    assert all(target.applied == [f"{a}.{m}" for a, m in MIGRATIONS] for target in run.targets)
+    assert runner.most_at_once == 2
+    assert runner.lock_seen == [True] * 4
+    assert len(sshd.connections) <= 1  # one SSH connection for all of them (closed by now)
+
+
+async def test_fan_out_names_the_databases_that_failed(sshd, postgres, databases) -> None:
+    names = [await databases() for _ in range(3)]
+
+    async def fail_on_second(connection: asyncpg.Connection, emit: Emit) -> int:
+        if await connection.fetchval("SELECT current_database()") == names[1]:
+            emit("boom")
+            return 2
+        return await apply_migrations(connection, emit)
+
+    run = await execute(ScriptedRunner(fail_on_second), sshd, postgres, "", databases=",".join(names))
+    assert run.result is Result.FAILURE
+    assert isinstance(run.error, CommandError)
+    assert run.error.message == f"1 of 3 databases did not succeed: {names[1]} (failure)"
+    assert run.targets is not None
+    assert [target.result for target in run.targets] == [Result.SUCCESS, Result.FAILURE, Result.SUCCESS]
+    assert run.targets[1].exit_code == 2
