@@ -73,8 +73,7 @@ class DockerRunner:
 
     @property
     def daemon(self) -> str:
-        # docker_host reads "unix://localhost" for any socket; the address as configured is kept aside.
-        return str(getattr(self.docker, "_connection_info", None) or self.docker.docker_host)
+        return daemon_address(self.docker)
 
     def _unreachable(self, exc: BaseException | str) -> PullError:
         if isinstance(exc, str) and exc.endswith("]") and " [" in exc:
@@ -238,6 +237,16 @@ class ImageRunner:
         return await self.daemon.run(image, argv, env=env, labels=labels, on_line=on_line, tail=tail)
 
 
+def daemon_address(docker: aiodocker.Docker) -> str:
+    """The daemon's address as configured (``unix:///var/run/docker.sock``, ``tcp://...``), for messages.
+
+    The one internal of aiodocker this module reads: its public ``docker_host`` says
+    ``unix://localhost`` for any socket; the address as given is kept in ``_connection_info``
+    (aiodocker 0.27.0; tests/unit/test_runners.py notices if that changes).
+    """
+    return str(getattr(docker, "_connection_info", None) or docker.docker_host)
+
+
 def _own_container_id_if_containerised() -> str | None:
     if not Path("/.dockerenv").exists():
         return None
@@ -293,7 +302,5 @@ async def connect() -> AsyncIterator[DockerRunner]:
             hint="Start the Docker engine on the runner, or point DOCKER_HOST at it.",
             anchor="docker-daemon",
         ) from exc
-    try:
+    async with docker:
         yield DockerRunner(docker)
-    finally:
-        await docker.close()

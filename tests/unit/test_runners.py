@@ -271,3 +271,13 @@ async def test_docker_log_frames_are_split_into_lines() -> None:
             yield chunk
 
     assert [line async for line in docker_runner._lines(frames())] == ["one", "two", "three"]
+
+
+async def test_the_daemon_is_named_by_the_address_it_was_given(tmp_path: Path) -> None:
+    socket_path = tmp_path / "docker.sock"
+    import aiodocker  # noqa: PLC0415 - only this test needs the client itself
+
+    async with aiodocker.Docker(url=f"unix://{socket_path}") as client:
+        assert docker_runner.daemon_address(client) == f"unix://{socket_path}"
+        error = docker_runner.DockerRunner(client)._unreachable("No such file or directory")
+    assert error.message == f"cannot reach the Docker daemon at unix://{socket_path}: No such file or directory"
