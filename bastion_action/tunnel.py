@@ -522,7 +522,10 @@ class _Channel(asyncssh.SSHTCPSession[bytes]):
 
     def eof_received(self) -> bool:
         self._command.remote_eof = True
-        self._transport.write_eof()
+        # An exception here would end the whole SSH connection, and shutdown() fails on a socket
+        # the command has reset (ENOTCONN) before asyncio noticed.
+        with contextlib.suppress(OSError):
+            self._transport.write_eof()
         if self._command.eof:
             self._transport.close()
         # True: the command may still send on its side (asyncssh would otherwise send our EOF at once).
