@@ -241,3 +241,16 @@ async def refuses(port: int) -> bool:
         return True
     writer.close()
     return False
+
+
+def tunnel_tasks() -> set[asyncio.Task[Any]]:
+    """Unfinished tasks running bastion_action.tunnel's code: none may outlive its context."""
+    from bastion_action import tunnel  # noqa: PLC0415 - sshd.py itself needs only the settings
+
+    return {
+        task
+        for task in asyncio.all_tasks()
+        if not task.done()
+        and getattr(task.get_coro(), "cr_code", None) is not None
+        and task.get_coro().cr_code.co_filename == tunnel.__file__  # type: ignore[union-attr]
+    }

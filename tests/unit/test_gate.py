@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import asyncssh
 import pytest
-from sshd import HOST, SSHD, Target, closed_port, pending_tasks, refuses, tcp_target
+from sshd import HOST, SSHD, Target, closed_port, pending_tasks, refuses, tcp_target, tunnel_tasks
 
 from bastion_action import loopback, tunnel
 from bastion_action.errors import ProbeError, TunnelError
@@ -168,26 +168,28 @@ async def test_command_half_close_reaches_the_database_and_the_answer_still_come
         assert answer == struct.pack("!Q", len(payload)) + hashlib.sha256(payload).digest()
 
 
-async def greet_then_count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Send EOF first, keep reading: the other half-close."""
-    writer.write(b"hello")
-    writer.write_eof()
-    size = 0
-    while data := await reader.read(MB):
-        size += len(data)
-    greet_then_count.received = size  # type: ignore[attr-defined]
-
-
 async def test_database_half_close_reaches_the_command_which_may_still_send(sshd: SSHD) -> None:
+    received: list[int] = []
+
+    async def greet_then_count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello")
+        writer.write_eof()
+        size = 0
+        while data := await reader.read(MB):
+            size += len(data)
+        received.append(size)
+
     async with tcp_target(greet_then_count) as target, forwarded(sshd, target) as opened:
         reader, writer = await client(opened.port)
         assert await read_to_end(reader, 5) == b"hello"
         writer.write(b"x" * MB)
         await writer.drain()
         writer.write_eof()
+        await until(lambda: received)
+        assert received == [MB]
         # Both sides have sent EOF: the gate closes the connection and forgets it.
         await until(lambda: not commands(opened.forwards))  # type: ignore[arg-type]
-        assert greet_then_count.received == MB  # type: ignore[attr-defined]
+        assert target.ended == 1
 
 
 async def test_flow_control_stops_the_database_when_the_command_does_not_read(sshd: SSHD) -> None:
@@ -324,6 +326,7 @@ async def test_gate_closed_before_opening_ends_held_connections_and_leaves_nothi
         await until(lambda: commands(gate))
     assert await read_to_end(reader, 2) == b""
     assert await refuses(port)
+    assert tunnel_tasks() == set()
     assert await pending_tasks() == set()
     assert echo.accepted == 0
     writer.close()
@@ -341,12 +344,13 @@ async def test_gate_closed_while_a_channel_is_opening_ends_the_connection_and_it
             writer.write(b"x")
             await until(lambda: sshd.opened)
             assert len(gate._tasks) == 1
+        assert not gate._tasks  # ended by the gate's exit itself, not later
+        assert tunnel_tasks() == set()
         assert await read_to_end(reader, 2) == b""
         assert await refuses(port)
         # The SSH connection outlives the gate: the channel's late confirmation harms nothing.
         await asyncio.sleep(0.6)
         assert not chain.connection.is_closed()
-        assert echo.accepted <= 1
         writer.close()
     assert await pending_tasks() == set()
 
@@ -360,6 +364,7 @@ async def test_gate_closed_after_opening_ends_forwarded_connections(sshd: SSHD, 
             assert await exactly(reader, 4) == b"ping"
         assert await read_to_end(reader, 2) == b""
         writer.close()
+    assert tunnel_tasks() == set()
     assert await pending_tasks() == set()
 
 
