@@ -341,7 +341,7 @@ async def forward(chain: Chain, db_host: str, db_port: int, local_port: int = 0)
 
 # Bytes a held connection may send before the gate opens; beyond them the kernel queues the rest,
 # and reading on (rather than pausing at once) is what notices a command that gives up while held.
-HOLD_LIMIT = 256 * 1024
+_HOLD_LIMIT = 256 * 1024
 
 
 class Gate:
@@ -444,7 +444,7 @@ class _Command(asyncio.Protocol):
         if channel is None:
             self._held.append(data)
             self._held_size += len(data)
-            if self._held_size >= HOLD_LIMIT and self.transport is not None:
+            if self._held_size >= _HOLD_LIMIT and self.transport is not None:
                 self.transport.pause_reading()
             return
         # The per-chunk path: a bare try costs nothing, contextlib.suppress an object per call.
@@ -501,7 +501,7 @@ class _Command(asyncio.Protocol):
             return
         self.channel = channel
         held, self._held = b"".join(self._held), []
-        if self._held_size >= HOLD_LIMIT and self.transport is not None:
+        if self._held_size >= _HOLD_LIMIT and self.transport is not None:
             self.transport.resume_reading()  # before the write, so a pause the channel asks for stands
         if held:
             channel.write(held)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import socket
@@ -18,6 +19,22 @@ from bastion_action import loopback, tunnel
 from bastion_action.errors import ProbeError, TunnelError
 
 MB = 1 << 20
+
+
+@dataclasses.dataclass
+class Pump:
+    """Writes ``payload`` to a stream as fast as the stream drains, then EOF; ``sent`` is the progress."""
+
+    payload: bytes
+    sent: int = 0
+
+    async def run(self, writer: asyncio.StreamWriter) -> None:
+        view = memoryview(self.payload)
+        while self.sent < len(view):
+            writer.write(view[self.sent : self.sent + 256 * 1024])
+            await writer.drain()
+            self.sent = min(self.sent + 256 * 1024, len(view))
+        writer.write_eof()
 
 
 @contextlib.asynccontextmanager
@@ -111,7 +128,7 @@ async def test_held_connection_is_read_only_up_to_the_hold_limit_then_passed_on_
         sending = asyncio.ensure_future(writer.drain())
         await until(lambda: commands(gate) and not commands(gate)[0].transport.is_reading())
         (held,) = commands(gate)
-        assert tunnel.HOLD_LIMIT <= held._held_size <= tunnel.HOLD_LIMIT + 256 * 1024
+        assert tunnel._HOLD_LIMIT <= held._held_size <= tunnel._HOLD_LIMIT + 256 * 1024
         opened = tunnel.Tunnel(port=gate.port, connection=chain.connection, forwards=gate)
         gate.open(opened, echo.host, echo.port)
         writer.write_eof()
@@ -131,16 +148,9 @@ async def test_eof_sent_while_held_is_passed_on_after_the_held_bytes(sshd: SSHD)
 
 async def test_forward_carries_megabytes_both_ways_at_once(sshd: SSHD, echo: Target) -> None:
     payload = os.urandom(8 * MB)
-    async with chain_to(sshd) as chain, tunnel.forward(chain, echo.host, echo.port) as opened:
+    async with forwarded(sshd, echo) as opened:
         reader, writer = await client(opened.port)
-
-        async def send() -> None:
-            for start in range(0, len(payload), 100_000):
-                writer.write(payload[start : start + 100_000])
-                await writer.drain()
-            writer.write_eof()
-
-        sending = asyncio.ensure_future(send())
+        sending = asyncio.ensure_future(Pump(payload).run(writer))
         received = await read_to_end(reader)
         await asyncio.wait_for(sending, 10)
         assert len(received) == len(payload)
@@ -193,32 +203,25 @@ async def test_database_half_close_reaches_the_command_which_may_still_send(sshd
 
 
 async def test_flow_control_stops_the_database_when_the_command_does_not_read(sshd: SSHD) -> None:
-    total = 48 * MB
-    sent = 0
+    source = Pump(b"d" * 48 * MB)
 
-    async def source(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent
-        chunk = b"d" * (256 * 1024)
-        while sent < total:
-            writer.write(chunk)
-            await writer.drain()
-            sent += len(chunk)
-        writer.write_eof()
+    async def serve(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await source.run(writer)
 
-    async with tcp_target(source) as target, forwarded(sshd, target) as opened:
+    async with tcp_target(serve) as target, forwarded(sshd, target) as opened:
         reader, writer = await client(opened.port)
         writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        await stalled(lambda: sent)
+        await stalled(lambda: source.sent)
         (command,) = commands(opened.forwards)  # type: ignore[arg-type]
         # The gate keeps at most about its write buffer's high-water mark, not the backlog.
         assert command.transport.get_write_buffer_size() < MB
-        assert sent < total
-        assert len(await read_to_end(reader, 20)) == total
+        assert source.sent < len(source.payload)
+        assert await read_to_end(reader, 20) == source.payload
         writer.close()
 
 
 async def test_flow_control_stops_the_command_when_the_database_does_not_read(sshd: SSHD) -> None:
-    total = 48 * MB
+    command_side = Pump(b"u" * 48 * MB)
     release = asyncio.Event()
     received = 0
 
@@ -230,27 +233,16 @@ async def test_flow_control_stops_the_command_when_the_database_does_not_read(ss
 
     async with tcp_target(late_sink) as target, forwarded(sshd, target) as opened:
         _, writer = await client(opened.port)
-        written = 0
-
-        async def send() -> None:
-            nonlocal written
-            chunk = b"u" * (256 * 1024)
-            while written < total:
-                writer.write(chunk)
-                await writer.drain()
-                written += len(chunk)
-            writer.write_eof()
-
-        sending = asyncio.ensure_future(send())
-        await stalled(lambda: written)
+        sending = asyncio.ensure_future(command_side.run(writer))
+        await stalled(lambda: command_side.sent)
         (command,) = commands(opened.forwards)  # type: ignore[arg-type]
         assert command.channel is not None
         assert command.channel.get_write_buffer_size() < MB
         assert not command.transport.is_reading()
-        assert written < total
+        assert command_side.sent < len(command_side.payload)
         release.set()
         await asyncio.wait_for(sending, 20)
-        await until(lambda: received == total, 20)
+        await until(lambda: received == len(command_side.payload), 20)
 
 
 async def stalled(progress: object, quiet: float = 0.3) -> None:
