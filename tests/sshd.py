@@ -10,8 +10,15 @@ generated host key, password and public-key auth, and direct-tcpip forwarding to
         sshd.refuse_forwarding = True              # channels: "administratively prohibited"
         sshd.drop()                                # ends every client connection from the server side
 
-A forward to ``closed_port()`` fails with "connect failed"; ``silent_listener()`` accepts TCP
-connections and never answers (a connect timeout). The pytest fixtures are in conftest.py.
+        sshd.open_delay = 0.5                      # channels are answered late (races with closing)
+
+``sshd.settings(**overrides)`` fills every SSHSettings field (password auth, known_hosts); for key
+auth pass ``password=None, private_key=sshd.client_key``; ``sshd.known_hosts`` and
+``sshd.fingerprint`` serve raw action inputs too. ``start_sshd(client_key)`` shares a client key
+between servers (jump hosts: ``jump_hosts=(jump.hop,)``). A forward to ``closed_port()`` fails with
+"connect failed"; ``silent_listener()`` accepts TCP connections and never answers (a connect
+timeout). ``refuses(port)``, ``pending_tasks()`` and ``tunnel_tasks()`` check that nothing is left
+behind. The pytest fixtures ``sshd`` and ``echo`` are in conftest.py.
 """
 
 from __future__ import annotations

@@ -90,6 +90,11 @@ async def exactly(reader: asyncio.StreamReader, size: int) -> bytes:
     return await asyncio.wait_for(reader.readexactly(size), 5)
 
 
+def transport(command: tunnel._Command) -> asyncio.Transport:
+    assert command.transport is not None  # accepted connections have one
+    return command.transport
+
+
 def commands(gate: tunnel.Gate) -> list[tunnel._Command]:
     return list(gate._commands)
 
@@ -126,7 +131,7 @@ async def test_held_connection_is_read_only_up_to_the_hold_limit_then_passed_on_
         reader, writer = await client(gate.port)
         writer.write(payload)
         sending = asyncio.ensure_future(writer.drain())
-        await until(lambda: commands(gate) and not commands(gate)[0].transport.is_reading())
+        await until(lambda: commands(gate) and not transport(commands(gate)[0]).is_reading())
         (held,) = commands(gate)
         assert tunnel._HOLD_LIMIT <= held._held_size <= tunnel._HOLD_LIMIT + 256 * 1024
         opened = tunnel.Tunnel(port=gate.port, connection=chain.connection, forwards=gate)
@@ -214,7 +219,7 @@ async def test_flow_control_stops_the_database_when_the_command_does_not_read(ss
         await stalled(lambda: source.sent)
         (command,) = commands(opened.forwards)  # type: ignore[arg-type]
         # The gate keeps at most about its write buffer's high-water mark, not the backlog.
-        assert command.transport.get_write_buffer_size() < MB
+        assert transport(command).get_write_buffer_size() < MB
         assert source.sent < len(source.payload)
         assert await read_to_end(reader, 20) == source.payload
         writer.close()
@@ -238,7 +243,7 @@ async def test_flow_control_stops_the_command_when_the_database_does_not_read(ss
         (command,) = commands(opened.forwards)  # type: ignore[arg-type]
         assert command.channel is not None
         assert command.channel.get_write_buffer_size() < MB
-        assert not command.transport.is_reading()
+        assert not transport(command).is_reading()
         assert command_side.sent < len(command_side.payload)
         release.set()
         await asyncio.wait_for(sending, 20)
@@ -261,7 +266,7 @@ async def test_reset_command_while_the_database_ends_does_not_end_the_ssh_connec
         assert await exactly(reader, 4) == b"ping"
         (command,) = commands(opened.forwards)  # type: ignore[arg-type]
         # Reading paused (as flow control does), so the gate has not seen the reset when the database's EOF comes.
-        command.transport.pause_reading()
+        transport(command).pause_reading()
         reset(writer)
         await asyncio.sleep(0.05)
         assert command.channel is not None
