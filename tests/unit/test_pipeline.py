@@ -12,6 +12,7 @@ import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
 
 import asyncpg
 import pytest
@@ -20,9 +21,11 @@ from local_postgres import Postgres, running_postgres
 from sshd import SSHD, pending_tasks, refuses
 
 from bastion_action import database, pipeline
-from bastion_action.errors import CommandError, LockError, PendingMigrationsError, TunnelError
+from bastion_action.clock import Clock
+from bastion_action.errors import CommandError, LockError, PendingMigrationsError, PullError, TunnelError
 from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult
+from bastion_action.runners import docker as docker_runner
 
 MIGRATIONS = [("catalog", "0001_initial"), ("catalog", "0002_product_sku"), ("orders", "0001_initial")]
 Emit = Callable[[str], None]
@@ -401,3 +404,80 @@ async def test_fan_out_names_the_databases_that_failed(sshd, postgres, databases
     assert run.targets is not None
     assert [target.result for target in run.targets] == [Result.SUCCESS, Result.FAILURE, Result.SUCCESS]
     assert run.targets[1].exit_code == 2
+
+
+async def test_a_failed_pull_stops_the_rest_of_the_run_at_once() -> None:
+    stopped: list[str] = []
+
+    async def connecting() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            stopped.append("connect")
+
+    pulling: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.05, pulling.set_exception, PullError("manifest unknown"))
+    with pytest.raises(PullError):
+        await pipeline._unless_failed(connecting(), pulling)
+    assert stopped == ["connect"]
+
+
+async def test_a_finished_pull_lets_the_rest_of_the_run_go_on() -> None:
+    pulling: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    pulling.set_result("image")
+
+    async def connecting() -> str:
+        await asyncio.sleep(0.05)
+        return "connected"
+
+    assert await pipeline._unless_failed(connecting(), pulling) == "connected"
+
+
+class FakeDaemon:
+    """The daemon side of a pull: waits for the settings to be validated, reports layers."""
+
+    def __init__(self) -> None:
+        self.validated_first = False
+        self.images: list[str] = []
+
+    async def prepare(self, image: Any, on_line: Emit, before_registry: Callable[[], Awaitable[object]]) -> Any:
+        self.images.append(str(image.reference))
+        await before_registry()
+        self.validated_first = True
+        on_line("Pulling from team/app")
+        on_line("abc: Pull complete")
+        return docker_runner.PreparedImage(image_id="sha256:" + "2" * 64, digest="sha256:" + "3" * 64, pulled=True)
+
+
+async def test_the_pull_waits_for_validated_settings_and_reports_the_digest() -> None:
+    parsed = make_settings(mode="docker", image="reg.example.com/team/app", image_tag="v1")
+    out = io.StringIO()
+    run = RunResult("dev", "docker", "migrate")
+    validated = asyncio.Event()
+    daemon = FakeDaemon()
+    pulling = asyncio.ensure_future(pipeline._pull(daemon, parsed, Console({}, stream=out), Clock(run), validated))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert not daemon.validated_first  # the registry is not contacted before the settings are all checked
+    validated.set()
+    prepared = await pulling
+    assert prepared.pulled
+    assert daemon.images == ["reg.example.com/team/app:v1"]
+    assert run.image == "reg.example.com/team/app:v1"
+    assert run.image_digest == "sha256:" + "3" * 64
+    lines = out.getvalue().splitlines()
+    assert lines[:3] == ["== pull reg.example.com/team/app:v1", "Pulling from team/app", "abc: Pull complete"]
+    assert lines[3].startswith(f"image: reg.example.com/team/app:v1 (sha256:{'3' * 64}), pulled in ")
+
+
+async def test_skipping_the_host_key_check_warns_what_it_risks(sshd, postgres, databases) -> None:
+    name = await databases()
+    parsed = make_settings(
+        **inputs(sshd, postgres, name, command="probe", ssh_known_hosts="", ssh_insecure_skip_host_key_check="true")
+    )
+    out = io.StringIO()
+    run = await pipeline.execute(parsed, Console({}, stream=out))
+    assert run.result is Result.SUCCESS, run.error
+    assert out.getvalue().splitlines()[0] == (
+        "warning: ssh-insecure-skip-host-key-check is true: the bastion's identity is not verified, so a man in "
+        "the middle could read the SSH and database credentials. Set ssh-known-hosts or ssh-host-fingerprint."
+    )
