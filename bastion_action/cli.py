@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from bastion_action import pipeline, report, settings, sources
-from bastion_action.errors import SettingsError
+from bastion_action.errors import InternalError, SettingsError, Stage
 from bastion_action.gha import Console
 from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, raw_from_environ
 from bastion_action.redaction import secret_forms
@@ -83,8 +83,15 @@ def _finish(console: Console, run: RunResult) -> int:
         console.failure(run.error)
     elif run.cancelled:
         console.line("cancelled: the run was stopped and its resources released")
-    console.set_outputs(report.outputs(run))
-    console.summary(report.summary(run))
+    try:
+        console.set_outputs(report.outputs(run))
+        console.summary(report.summary(run))
+    except Exception as exc:  # noqa: BLE001 - a bug in reporting must not cost the result outputs
+        if run.error is None:
+            console.failure(InternalError.of(exc, Stage.INTERNAL))
+        code = run.process_exit_code or 1
+        console.set_outputs({"result": "failure", "exit-code": str(code)})
+        return code
     return run.process_exit_code
 
 
@@ -107,12 +114,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     console.mask(_secret_inputs(raw, environ))
     try:
         parsed = settings.parse(raw, environ)
-    except SettingsError as exc:
+    except Exception as exc:  # noqa: BLE001 - a bug in parsing still ends in the failure contract
+        error = exc if isinstance(exc, SettingsError) else InternalError.of(exc, Stage.SETTINGS)
         run = RunResult(
             environment=raw.get("environment", ""),
             mode=raw.get("mode", "").strip() or INPUTS_BY_NAME["mode"].default,
             command=raw.get("command", "").strip() or INPUTS_BY_NAME["command"].default,
-            error=exc,
+            error=error,
         )
         return _finish(console, run)
     console.mask(parsed.secrets)

@@ -8,7 +8,7 @@ import dataclasses
 import datetime as dt
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 
@@ -120,7 +120,31 @@ class Session:
         self.locked = False
 
     async def describe(self) -> ServerInfo:
-        return await _describe(self.connection)
+        with self._translated("reading the server's facts"):
+            return await _describe(self.connection)
+
+    @contextlib.contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        """asyncpg's errors while ``doing`` something on this session, as probe-stage errors naming the cause."""
+        try:
+            yield
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise ProbeError(
+                f"user {self.db.user!r} lacks a privilege {doing} in database {self.db.name!r}: {exc}",
+                hint="The action reads django_migrations (SELECT) and pg_locks / pg_stat_activity: "
+                "GRANT SELECT ON django_migrations TO the migration user, or use the role that owns the tables.",
+                anchor="missing-privilege",
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            raise ProbeError(
+                f"the database answered {doing} with an error: {exc}", hint="See the message; check db-* inputs."
+            ) from exc
+        except (asyncpg.InterfaceError, OSError) as exc:
+            raise ProbeError(
+                f"the database connection broke {doing}: {exc}",
+                hint="The database or the network ended the action's session; re-run, and check the database's logs.",
+                anchor="database-unreachable",
+            ) from exc
 
     async def lock(self, timeout: float, on_wait: Callable[[str], None]) -> float:
         """Take the advisory lock, waiting at most ``timeout`` s; returns the seconds waited."""
@@ -177,9 +201,10 @@ class Session:
 
     async def snapshot(self) -> list[tuple[str, str]]:
         """The rows of django_migrations, (app, name), in the order they were recorded."""
-        if not await self.connection.fetchval("SELECT to_regclass('django_migrations') IS NOT NULL"):
-            return []
-        rows = await self.connection.fetch("SELECT app, name FROM django_migrations ORDER BY id")
+        with self._translated("reading django_migrations"):
+            if not await self.connection.fetchval("SELECT to_regclass('django_migrations') IS NOT NULL"):
+                return []
+            rows = await self.connection.fetch("SELECT app, name FROM django_migrations ORDER BY id")
         return [(str(row["app"]), str(row["name"])) for row in rows]
 
 

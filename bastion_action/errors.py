@@ -6,8 +6,9 @@
     ├── ProbeError              database unreachable or refusing through the tunnel
     ├── LockError               advisory lock not acquired in time
     ├── PullError               registry login or image pull
-    └── CommandError            the migration command failed, timed out or was cut off
-        └── PendingMigrationsError  `check` found migrations not applied (result: pending)
+    ├── CommandError            the migration command failed, timed out or was cut off
+    │   └── PendingMigrationsError  `check` found migrations not applied (result: pending)
+    └── InternalError           anything unexpected (a bug): still one annotation, outputs and summary
 
 Library exceptions are translated into these at the module that talks to the
 library (``raise TunnelError(...) from exc``); nothing else reaches the user.
@@ -30,6 +31,7 @@ class Stage(enum.StrEnum):
     LOCK = "lock"
     PULL = "pull"
     COMMAND = "command"
+    INTERNAL = "internal"  # not a stage of the flow: an unexpected error, wherever it happened
 
 
 class ActionError(Exception):
@@ -91,6 +93,20 @@ class CommandError(ActionError):
 
 class PendingMigrationsError(CommandError):
     """``check`` found unapplied migrations: the run's result is ``pending``, not ``failure``."""
+
+
+class InternalError(ActionError):
+    """An exception nobody expected, reported through the same contract as any failure."""
+
+    stage = Stage.INTERNAL
+
+    @classmethod
+    def of(cls, exc: BaseException, stage: Stage) -> InternalError:
+        return cls(
+            f"unexpected {type(exc).__name__} in the {stage.value} stage: {exc}",
+            hint="This is a bug in bastion-migrate. Please report it with this log (secrets are masked in it).",
+            anchor="internal",
+        )
 
 
 def input_error(name: str, expected: str, got: str | None = None) -> SettingsError:

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import os
 import time
+import traceback
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,6 +26,7 @@ from bastion_action.clock import Clock
 from bastion_action.errors import (
     ActionError,
     CommandError,
+    InternalError,
     LockError,
     PendingMigrationsError,
     ProbeError,
@@ -273,6 +275,11 @@ async def execute(settings: Settings, console: Console, *, runner: Runner | None
             await _Run(settings, console, run, clock, runner)()
     except (ActionError, TimeoutError) as exc:
         record(run, clock, settings, exc)
+    except Exception as exc:  # noqa: BLE001 - a bug still ends in one annotation, outputs and a summary
+        run.error = InternalError.of(exc, clock.stage)
+        with console.group("internal error: the details a bug report needs"):
+            for line in "".join(traceback.format_exception(exc)).splitlines():
+                console.line(line)
     except asyncio.CancelledError:
         run.cancelled = True
         task = asyncio.current_task()

@@ -12,7 +12,7 @@ from local_postgres import Postgres, running_postgres
 from sshd import SSHD, start_sshd
 from support import parse_output_file
 
-from bastion_action import cli
+from bastion_action import cli, report, settings
 from bastion_action.runners import local
 
 
@@ -131,3 +131,37 @@ def test_a_probe_end_to_end(
     assert int(found["tunnel-port"]) > 0
     summary = (tmp_path / "sum").read_text()
     assert summary.startswith("### ✅ bastion-migrate: `probe` on unit — success")
+
+
+def test_a_bug_while_parsing_still_writes_the_failure_contract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*_args: object) -> None:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(settings, "parse", broken)
+    assert cli.main([], github_env(tmp_path, ssh_host="b")) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("::error")]
+    assert errors == [
+        (
+            "::error title=bastion-migrate%3A internal failed::unexpected KeyError in the settings stage: 'surprise'"
+            "%0AHint: This is a bug in bastion-migrate. Please report it with this log (secrets are masked in it)."
+        )
+    ]
+    assert outputs(tmp_path)["result"] == "failure"
+    assert "**Failed in the `internal` stage:**" in (tmp_path / "sum").read_text()
+
+
+def test_a_bug_while_reporting_still_writes_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*_args: object) -> str:
+        raise ValueError("bad table")
+
+    monkeypatch.setattr(report, "summary", broken)
+    env = github_env(tmp_path, ssh_host="b", ssh_user="u", ssh_password="pw-Secret!1", ssh_port="99999")
+    assert cli.main([], env) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1  # the settings failure; the reporting bug does not add a second one
+    assert errors[0].startswith("::error title=bastion-migrate%3A settings failed::ssh-known-hosts or ssh-host-finger")
+    assert outputs(tmp_path)["result"] == "failure"

@@ -22,7 +22,15 @@ from sshd import SSHD, pending_tasks, refuses
 
 from bastion_action import database, pipeline
 from bastion_action.clock import Clock
-from bastion_action.errors import CommandError, LockError, PendingMigrationsError, PullError, TunnelError
+from bastion_action.errors import (
+    CommandError,
+    InternalError,
+    LockError,
+    PendingMigrationsError,
+    ProbeError,
+    PullError,
+    TunnelError,
+)
 from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult
 from bastion_action.runners import docker as docker_runner
@@ -480,4 +488,50 @@ async def test_skipping_the_host_key_check_warns_what_it_risks(sshd, postgres, d
     assert out.getvalue().splitlines()[0] == (
         "warning: ssh-insecure-skip-host-key-check is true: the bastion's identity is not verified, so a man in "
         "the middle could read the SSH and database credentials. Set ssh-known-hosts or ssh-host-fingerprint."
+    )
+
+
+async def test_an_unexpected_exception_still_ends_in_the_failure_contract(sshd, postgres, databases) -> None:
+    name = await databases()
+
+    async def buggy(_connection: asyncpg.Connection, _emit: Emit) -> int:
+        raise ZeroDivisionError(postgres.password)  # a bug whose message holds a secret
+
+    out = io.StringIO()
+    parsed = make_settings(**inputs(sshd, postgres, name))
+    console = Console({}, stream=out)
+    console.mask(parsed.secrets)
+    run = await pipeline.execute(parsed, console, runner=ScriptedRunner(buggy))
+    assert run.result is Result.FAILURE
+    assert isinstance(run.error, InternalError)
+    assert run.error.stage.value == "internal"
+    assert run.error.message == f"unexpected ZeroDivisionError in the command stage: {postgres.password}"
+    log = out.getvalue()
+    assert "== internal error: the details a bug report needs" in log
+    assert "ZeroDivisionError: ***" in log
+    assert postgres.password not in log
+    await nothing_left(run.tunnel_port)
+
+
+async def test_a_role_that_may_not_read_django_migrations_fails_the_probe_naming_the_privilege(
+    sshd, postgres, databases
+) -> None:
+    name = await databases()
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres.dsn(name))
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'limited-pw'")
+        await admin.execute(
+            "CREATE TABLE django_migrations (id serial PRIMARY KEY, app text, name text, applied timestamptz)"
+        )
+        run = await execute(ScriptedRunner(), sshd, postgres, name, db_user=role, db_password="limited-pw")
+    finally:
+        await admin.execute("DROP TABLE IF EXISTS django_migrations")
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+    assert isinstance(run.error, ProbeError)
+    assert run.error.anchor == "missing-privilege"
+    assert run.error.message == (
+        f"user {role!r} lacks a privilege reading the server's facts in database {name!r}: "
+        "permission denied for table django_migrations"
     )
