@@ -92,6 +92,8 @@ def _finish(console: Console, run: RunResult) -> int:
         code = run.process_exit_code or 1
         console.set_outputs({"result": "failure", "exit-code": str(code)})
         return code
+    finally:
+        console.end()  # the runner reads commands again after the step, as it did before it
     return run.process_exit_code
 
 

@@ -7,6 +7,12 @@ prints the secret) and reads file paths from os.environ only.
 Every line goes through the redactor first: the run's secrets never print,
 not even off GitHub where no runner would mask them. Off GitHub the same
 calls print plain, human-readable text instead of ``::`` commands.
+
+On GitHub, every plain line (the command's output, echoed values, anything the
+action did not write as a command) is printed inside a ``::stop-commands::``
+block whose token is fresh and unguessable, so the runner never acts on it;
+the action's own commands (masks, groups, annotations) are printed only
+between such blocks.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import sys
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -64,6 +71,7 @@ class Console:
         self._stream = stream or sys.stdout
         self.github = self._environ.get("GITHUB_ACTIONS") == "true"
         self._secrets: list[str] = []
+        self._stop_token: str | None = None  # the open stop-commands block's token, if one is open
 
     # -- secrets -----------------------------------------------------------
     def mask(self, values: Iterable[str]) -> None:
@@ -72,7 +80,7 @@ class Console:
         self._secrets = sorted([*self._secrets, *new], key=len, reverse=True)
         if self.github:
             for value in new:
-                self._write(command("add-mask", value))
+                self._command(command("add-mask", value))
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -84,8 +92,23 @@ class Console:
     def _write(self, text: str) -> None:
         print(text, file=self._stream, flush=True)
 
+    def _command(self, line: str) -> None:
+        """One of the action's own workflow commands: the runner must act on it, so no block is open."""
+        self.end()
+        self._write(line)
+
     def line(self, text: str) -> None:
+        """Plain text, possibly untrusted: on GitHub the runner ignores any command in it."""
+        if self.github and self._stop_token is None:
+            self._stop_token = secrets.token_hex(16)
+            self._write(command("stop-commands", self._stop_token))
         self._write(self.redact(text))
+
+    def end(self) -> None:
+        """Close the open stop-commands block, if any (before a command, and as the last thing printed)."""
+        if self._stop_token is not None:
+            self._write(command(self._stop_token))
+            self._stop_token = None
 
     @contextlib.contextmanager
     def group(self, title: str) -> Iterator[None]:
@@ -99,18 +122,18 @@ class Console:
         """A group whose end is not lexically scoped (a command started before its output is shown)."""
         title = self.redact(title)
         if self.github:
-            self._write(command("group", title))
+            self._command(command("group", title))
         else:
             self.line(f"== {title}")
 
     def close_group(self) -> None:
         if self.github:
-            self._write(command("endgroup"))
+            self._command(command("endgroup"))
 
     def warning(self, message: str, *, title: str = TITLE) -> None:
         message = self.redact(message)
         if self.github:
-            self._write(command("warning", message, {"title": self.redact(title)}))
+            self._command(command("warning", message, {"title": self.redact(title)}))
         else:
             self.line(f"warning: {message}")
 
@@ -120,7 +143,7 @@ class Console:
         hint = self.redact(error.hint)
         if self.github:
             body = f"{message}\nHint: {hint}" if hint else message
-            self._write(command("error", body, {"title": f"{TITLE}: {error.stage.value} failed"}))
+            self._command(command("error", body, {"title": f"{TITLE}: {error.stage.value} failed"}))
         else:
             self.line(f"error [{error.stage.value}]: {message}")
             if hint:

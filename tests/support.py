@@ -57,7 +57,8 @@ class ActionRun:
 
     @property
     def annotations(self) -> list[str]:
-        return [line for line in self.stdout.splitlines() if line.startswith(("::error", "::warning"))]
+        """The annotations the runner would make of stdout (commands inside stop-commands blocks are text)."""
+        return [line for line in runner_commands(self.stdout) if line.startswith(("::error", "::warning"))]
 
     def leaks(self, secrets: list[str]) -> list[str]:
         """Every secret form found anywhere outside an ::add-mask:: line."""
@@ -74,6 +75,31 @@ class ActionRun:
     def explain(self) -> str:
         parts = [f"exit {self.returncode}", "--- stdout", self.stdout, "--- stderr", self.stderr]
         return "\n".join([*parts, "--- summary", self.summary])
+
+
+_COMMAND = re.compile(r"::([^ :]+)(?: [^:]*)?::(.*)")
+
+
+def runner_commands(stdout: str) -> list[str]:
+    """The workflow commands a runner acts on in ``stdout``, as GitHub's runner reads them.
+
+    The runner splits the output into lines at CR, LF or CRLF; a ``::stop-commands::TOKEN``
+    line turns command processing off until a ``::TOKEN::`` line. Legacy ``##[command]``
+    lines count as commands too.
+    """
+    found: list[str] = []
+    resume: str | None = None
+    for line in re.split(r"\r\n|\r|\n", stdout):
+        match = _COMMAND.fullmatch(line)
+        if resume is not None:
+            if match and match[1] == resume:
+                resume = None
+            continue
+        if match and match[1] == "stop-commands":
+            resume = match[2]
+        elif match or line.startswith("##["):
+            found.append(line)
+    return found
 
 
 def parse_output_file(text: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support import runner_commands
 
 from bastion_action import gha
 from bastion_action.errors import CommandError, TunnelError
@@ -20,6 +21,18 @@ DELIMITER = re.compile(r"ghadelimiter_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab
 def console(environ: dict[str, str]) -> tuple[Console, io.StringIO]:
     stream = io.StringIO()
     return Console(environ, stream), stream
+
+
+def blocks_named(text: str) -> str:
+    """The stop-commands tokens as T1, T2, ... in order of appearance; each must be new and unguessable."""
+    tokens: list[str] = []
+    for token in re.findall(r"::stop-commands::(.*)", text):
+        assert re.fullmatch(r"[0-9a-f]{32}", token), token
+        assert token not in tokens, "a stop-commands token was used twice"
+        tokens.append(token)
+    for number, token in enumerate(tokens, start=1):
+        text = text.replace(token, f"T{number}")
+    return text
 
 
 def read_output_file(path: Path) -> list[tuple[str, str, str]]:
@@ -81,7 +94,9 @@ def test_masks_come_first_and_only_on_github() -> None:
     gh, out = console({"GITHUB_ACTIONS": "true"})
     gh.mask(["hunter2", "line1\nline2", "", "hunter2"])
     gh.line("password is hunter2")
-    assert out.getvalue() == "::add-mask::hunter2\n::add-mask::line1%0Aline2\npassword is ***\n"
+    assert blocks_named(out.getvalue()) == (
+        "::add-mask::hunter2\n::add-mask::line1%0Aline2\n::stop-commands::T1\npassword is ***\n"
+    )
 
     local, out = console({})
     local.mask(["hunter2"])
@@ -142,7 +157,9 @@ def test_groups_are_written_without_a_stray_space() -> None:
     gh, out = console({"GITHUB_ACTIONS": "true"})
     with gh.group("manage.py 100%"):
         gh.line("inside")
-    assert out.getvalue() == "::group::manage.py 100%25\ninside\n::endgroup::\n"
+    assert blocks_named(out.getvalue()) == (
+        "::group::manage.py 100%25\n::stop-commands::T1\ninside\n::T1::\n::endgroup::\n"
+    )
 
 
 def test_a_group_ends_when_its_body_raises() -> None:
@@ -267,3 +284,55 @@ def test_the_consoles_environ_is_used_and_os_environ_left_alone(
     assert [(name, value) for name, _, value in read_output_file(output)] == [("result", "success")]
     assert summary.read_text() == "# Done\n"
     assert out.getvalue() == "::add-mask::s3cret\n"
+
+
+HOSTILE = [
+    "::set-output name=image-digest::sha256:hacked",
+    "::add-mask::x",
+    "::error::forged",
+    "::warning file=a.py,line=1::forged",
+    "::notice::forged",
+    "::debug::forged",
+    "::endgroup::",
+    "::group::forged",
+    "::stop-commands::zzz",
+    "::zzz::",
+    "##[error]legacy forged",
+    "::save-state name=x::y",
+    "::add-path::/tmp/evil",
+    "::set-env name=PATH::/tmp/evil",
+    "ok\r::error::after a carriage return",
+]
+
+
+def test_untrusted_lines_never_reach_the_runner_as_commands() -> None:
+    gh, out = console({"GITHUB_ACTIONS": "true"})
+    gh.mask(["s3cret"])
+    gh.open_group("migrate")
+    for text in HOSTILE:
+        gh.line(text)
+    gh.mask(["found-later"])  # a mask registered mid-output still reaches the runner
+    gh.line("found-later and more")
+    gh.close_group()
+    gh.failure(CommandError("exit 1", hint="see the summary"))
+    gh.end()
+    assert runner_commands(out.getvalue()) == [
+        "::add-mask::s3cret",
+        "::group::migrate",
+        "::add-mask::found-later",
+        "::endgroup::",
+        "::error title=bastion-migrate%3A command failed::exit 1%0AHint: see the summary",
+    ]
+    assert "*** and more" in out.getvalue()
+
+
+def test_the_block_is_closed_at_the_end_and_reopened_with_a_new_token() -> None:
+    gh, out = console({"GITHUB_ACTIONS": "true"})
+    gh.line("a")
+    gh.warning("w")
+    gh.line("b")
+    gh.end()
+    gh.end()
+    assert blocks_named(out.getvalue()) == (
+        "::stop-commands::T1\na\n::T1::\n::warning title=bastion-migrate::w\n::stop-commands::T2\nb\n::T2::\n"
+    )
