@@ -103,13 +103,27 @@ def runner_commands(stdout: str) -> list[str]:
 
 
 def parse_output_file(text: str) -> dict[str, str]:
+    """The outputs, read as the runner reads GITHUB_OUTPUT: record by record, `name=value` or a heredoc."""
     outputs: dict[str, str] = {}
-    for match in re.finditer(r"^([^\n=<]+)<<(\S+)\n(.*?)\n\2$", text, re.DOTALL | re.MULTILINE):
-        outputs[match.group(1)] = match.group(3)
-    for line in text.splitlines():
-        if "=" in line and "<<" not in line and not line.startswith("ghadelimiter"):
+    lines = iter(text.split("\n"))
+    for line in lines:
+        if not line:
+            continue
+        equals, heredoc = line.find("="), line.find("<<")
+        if equals >= 0 and (heredoc < 0 or equals < heredoc):
             name, _, value = line.partition("=")
-            outputs.setdefault(name, value)
+            outputs[name] = value
+            continue
+        name, _, delimiter = line.partition("<<")
+        body = []
+        for inner in lines:
+            if inner == delimiter:
+                break
+            body.append(inner)
+        else:
+            msg = f"output {name}: no closing delimiter {delimiter!r}"
+            raise ValueError(msg)
+        outputs[name] = "\n".join(body)
     return outputs
 
 

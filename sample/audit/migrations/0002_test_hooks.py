@@ -7,12 +7,13 @@ fail on demand, without a second sample project:
   (``SELECT pg_sleep(N)``), i.e. a long-running statement through the tunnel;
 - ``SAMPLE_MIGRATION_FAIL=1``: raise RuntimeError, i.e. a failing migration;
 - ``SAMPLE_MIGRATION_PRINT=TEXT`` / ``SAMPLE_MIGRATION_PRINT_STDERR=TEXT``: write TEXT
-  as it is (newlines, carriage returns, ``::`` included) to stdout / stderr, i.e. a
-  migration whose output is hostile;
+  to stdout / stderr, ``\\n`` and ``\\r`` written as newline and carriage return (an
+  environment line cannot hold them), ``::`` as it is, i.e. a migration whose output
+  is hostile;
 - ``SAMPLE_MIGRATION_LINE_BYTES=N``: print one line of N bytes between two DDL
   statements, i.e. a migration with a huge output line half-way.
 
-With neither variable set it does nothing. It depends on the other apps' last
+With none of these set it does nothing. It depends on the other apps' last
 migrations so that it is always the last one in the plan.
 """
 import os
@@ -25,7 +26,7 @@ def run_test_hooks(apps, schema_editor):
     for name, stream in (("SAMPLE_MIGRATION_PRINT", sys.stdout), ("SAMPLE_MIGRATION_PRINT_STDERR", sys.stderr)):
         text = os.environ.get(name)
         if text:
-            stream.write(text)
+            stream.write(text.replace("\\n", "\n").replace("\\r", "\r"))
             stream.flush()
     line_bytes = os.environ.get("SAMPLE_MIGRATION_LINE_BYTES")
     if line_bytes:

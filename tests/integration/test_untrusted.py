@@ -1,0 +1,107 @@
+"""Text the action did not write never becomes a workflow command: hostile output, hostile migration names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from support import runner_commands, with_docker
+
+from bastion_action.report import OUTPUTS
+
+# Every workflow command GitHub documents, and the legacy form, as a hostile command would print them.
+HOSTILE = [
+    "::set-output name=image-digest::sha256:hacked",
+    "::set-output name=result::success",
+    "::add-mask::a",
+    "::error::forged error",
+    "::error title=bastion-migrate%3A command failed::forged",
+    "::warning file=manage.py,line=1::forged warning",
+    "::notice::forged notice",
+    "::debug::forged debug",
+    "::group::forged group",
+    "::endgroup::",
+    "::save-state name=s::v",
+    "::add-path::/tmp/evil",
+    "::set-env name=PATH::/tmp/evil",
+    "::echo::on",
+    "##[error]legacy forged",
+    "::stop-commands::zzz",
+]
+# At the start of a line, and after a carriage return (the runner splits lines at CR too).
+PRINTED = "".join(f"{line}\n" for line in HOSTILE) + "".join(f"x\r{line}\n" for line in HOSTILE)
+
+
+def own_commands_only(commands: list[str], stage: str) -> None:
+    """Only masks, groups and the action's one error annotation reach the runner."""
+    kinds = [line.partition("::")[2].partition("::")[0].partition(" ")[0] for line in commands]
+    assert set(kinds) <= {"add-mask", "group", "endgroup", "error"}, commands
+    errors = [line for line in commands if line.startswith("::error")]
+    assert len(errors) == 1, commands
+    assert errors[0].startswith(f"::error title=bastion-migrate%3A {stage} failed::"), commands
+    assert "::add-mask::a" not in commands
+    assert "::group::forged group" not in commands
+    assert commands.count("::endgroup::") == len([c for c in commands if c.startswith("::group::")])
+
+
+def honest_outputs(outputs: dict[str, str]) -> None:
+    assert set(outputs) <= set(OUTPUTS), outputs
+    assert outputs["result"] == "failure"
+    assert outputs.get("image-digest", "") != "sha256:hacked"
+
+
+def escaped(text: str) -> str:
+    """As the hook decodes it: an environment line holds no newline, so the hostile text carries escapes."""
+    return text.replace("\n", "\\n").replace("\r", "\\r")
+
+
+@pytest.mark.parametrize("mode", ["lightweight", "docker"])
+def test_a_migration_printing_every_workflow_command_forges_nothing(action, base_inputs, lab, mode) -> None:
+    inputs = {
+        **base_inputs,
+        "command": "migrate",
+        "extra-env": "\n".join(
+            [
+                f"SAMPLE_MIGRATION_PRINT={escaped(PRINTED)}",
+                f"SAMPLE_MIGRATION_PRINT_STDERR={escaped(PRINTED)}",
+                "SAMPLE_MIGRATION_FAIL=1",
+            ]
+        ),
+    }
+    run = action(with_docker(inputs, lab) if mode == "docker" else inputs)
+    assert run.returncode == 1, run.explain()
+    assert "forged error" in run.stdout  # the text is shown, as text
+    own_commands_only(runner_commands(run.stdout), "command")
+    honest_outputs(run.outputs)
+
+
+def test_a_custom_command_printing_every_workflow_command_forges_nothing(action, base_inputs) -> None:
+    code = f"import sys; sys.stdout.write({PRINTED!r}); sys.stderr.write({PRINTED!r}); sys.exit(3)"
+    run = action({**base_inputs, "command": "custom", "args": f"python3 -c {json.dumps(code)}", "lock": "false"})
+    assert run.returncode == 3, run.explain()
+    own_commands_only(runner_commands(run.stdout), "command")
+    honest_outputs(run.outputs)
+    assert run.outputs["exit-code"] == "3"
+
+
+def test_a_migration_named_with_a_newline_and_a_command_forges_nothing(action, base_inputs, lab, tmp_path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(lab["sample_project"], project, ignore=shutil.ignore_patterns("__pycache__"))
+    name = "0003_a\n::error title=x::y"
+    (project / "catalog" / "migrations" / f"{name}.py").write_text(
+        "from django.db import migrations\n\n\n"
+        "class Migration(migrations.Migration):\n"
+        "    dependencies = [('catalog', '0002_product_sku')]\n"
+        "    operations = []\n"
+    )
+    run = action({**base_inputs, "command": "migrate", "working-directory": str(project)})
+    assert run.returncode == 0, run.explain()
+    assert [line for line in runner_commands(run.stdout) if not line.startswith("::add-mask::")] == [
+        f"::group::{lab['runner_python']} manage.py migrate --noinput --fake-initial",
+        "::endgroup::",
+    ]
+    assert set(run.outputs) <= set(OUTPUTS)
+    assert f"catalog.{name}" in json.loads(run.outputs["applied"])
+    assert Path(project / "catalog" / "migrations" / f"{name}.py").is_file()
