@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 
-from bastion_action.errors import ActionError, LockError, ProbeError
+from bastion_action.errors import ActionError, ProbeError
+from bastion_action.lock import Lease
 from bastion_action.report import ServerInfo
 from bastion_action.settings import DatabaseSettings
 
 APPLICATION_NAME = "bastion-migrate"
-LOCK_NAMESPACE = int.from_bytes(b"bstn", "big")  # 1651733614, the first key of every lock the action takes
-LOCK_POLL_SECONDS = 0.5
 PROBE_ATTEMPTS = 4
 _BACKOFF_SECONDS = (0.25, 0.5, 1.0)
 
@@ -86,30 +82,6 @@ async def _connect_with_retries(
     ) from last
 
 
-def lock_keys(database: str) -> tuple[int, int]:
-    """The advisory lock's two int4 keys: a fixed namespace, and CRC-32 of the database name.
-
-    Other tools take the same lock with
-    ``SELECT pg_advisory_lock(1651733614, <crc32(dbname) as signed int4>)``.
-    """
-    crc = zlib.crc32(database.encode("utf-8"))
-    return LOCK_NAMESPACE, crc - (1 << 32) if crc >= (1 << 31) else crc
-
-
-@dataclasses.dataclass(frozen=True)
-class LockHolder:
-    pid: int
-    application_name: str
-    client_addr: str | None
-    user: str
-    since: dt.datetime | None
-
-    def describe(self) -> str:
-        since = f" since {self.since:%Y-%m-%d %H:%M:%S %Z}" if self.since else ""
-        app = self.application_name or "an unnamed client"
-        return f"{app} (backend pid {self.pid}, user {self.user}, from {self.client_addr or 'a local socket'}){since}"
-
-
 class Session:
     """The action's own connection through the tunnel: probe, lock, django_migrations snapshots."""
 
@@ -117,11 +89,13 @@ class Session:
         self.connection = connection
         self.db = db
         self.timeout = timeout
-        self.locked = False
+        self.guard = asyncio.Lock()  # asyncpg runs one query at a time per connection
+        self.lease = Lease(connection, db.name, self.guard)
 
     async def describe(self) -> ServerInfo:
-        with self._translated("reading the server's facts"):
-            return await _describe(self.connection)
+        async with self.guard:
+            with self._translated("reading the server's facts"):
+                return await _describe(self.connection)
 
     @contextlib.contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
@@ -146,65 +120,22 @@ class Session:
                 anchor="database-unreachable",
             ) from exc
 
-    async def lock(self, timeout: float, on_wait: Callable[[str], None]) -> float:
-        """Take the advisory lock, waiting at most ``timeout`` s; returns the seconds waited."""
-        key1, key2 = lock_keys(self.db.name)
-        started = time.perf_counter()
-        reported: LockHolder | None = None
-        while True:
-            if await self.connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", key1, key2):
-                self.locked = True
-                return time.perf_counter() - started
-            waited = time.perf_counter() - started
-            holder = await self._holder(key1, key2)
-            if holder and holder != reported:
-                on_wait(f"lock: waiting for {holder.describe()}")
-                reported = holder
-            if waited >= timeout:
-                held_by = holder.describe() if holder else "another session"
-                raise LockError(
-                    f"the migration lock on database {self.db.name!r} is held by {held_by}; "
-                    f"gave up after {timeout:g} s (lock-timeout)",
-                    hint="Another deploy is migrating this database. Wait for it, or raise lock-timeout; "
-                    "if the holder is stuck, end its session (pg_terminate_backend) after checking.",
-                )
-            await asyncio.sleep(min(LOCK_POLL_SECONDS, max(timeout - waited, 0.01)))
-
-    async def _holder(self, key1: int, key2: int) -> LockHolder | None:
-        row = await self.connection.fetchrow(
-            """
-            SELECT a.pid, coalesce(a.application_name, '') AS app, host(a.client_addr) AS addr,
-                   coalesce(a.usename::text, '') AS usr, a.backend_start
-            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-              AND l.classid = ($1::bigint & 4294967295)::oid AND l.objid = ($2::bigint & 4294967295)::oid
-            LIMIT 1
-            """,
-            key1,
-            key2,
-        )
-        if row is None:
-            return None
-        return LockHolder(
-            pid=int(row["pid"]),
-            application_name=str(row["app"]),
-            client_addr=row["addr"],
-            user=str(row["usr"]),
-            since=row["backend_start"],
-        )
+    async def lock(self, timeout: float, lease: float, on_wait: Callable[[str], None]) -> float:
+        """Take the advisory lock, waiting at most ``timeout`` s, and hold it as a lease; returns the seconds waited."""
+        async with self.guard:
+            return await self.lease.acquire(timeout, lease, on_wait)
 
     async def unlock(self) -> None:
-        if self.locked and not self.connection.is_closed():
-            key1, key2 = lock_keys(self.db.name)
-            await self.connection.fetchval("SELECT pg_advisory_unlock($1, $2)", key1, key2)
-        self.locked = False
+        async with self.guard:
+            await self.lease.release()
 
     async def snapshot(self) -> list[tuple[str, str]]:
         """The rows of django_migrations, (app, name), in the order they were recorded."""
-        with self._translated("reading django_migrations"):
-            if not await self.connection.fetchval("SELECT to_regclass('django_migrations') IS NOT NULL"):
-                return []
-            rows = await self.connection.fetch("SELECT app, name FROM django_migrations ORDER BY id")
+        async with self.guard:
+            with self._translated("reading django_migrations"):
+                if not await self.connection.fetchval("SELECT to_regclass('django_migrations') IS NOT NULL"):
+                    return []
+                rows = await self.connection.fetch("SELECT app, name FROM django_migrations ORDER BY id")
         return [(str(row["app"]), str(row["name"])) for row in rows]
 
 

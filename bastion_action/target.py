@@ -15,13 +15,14 @@ import contextlib
 import dataclasses
 import socket
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bastion_action import aio, outcome
 from bastion_action.clock import Clock
 from bastion_action.errors import PendingMigrationsError, Stage, TunnelError
 from bastion_action.gha import Console
 from bastion_action.launch import Launched, launch
+from bastion_action.lock import LEASE_SECONDS, Lease, lock_keys
 from bastion_action.report import TAIL_LINES, Result, RunResult
 from bastion_action.runners import Runner, command_argv, title
 from bastion_action.settings import Command, DatabaseSettings, Settings
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from bastion_action import database, tunnel
 
 _T = TypeVar("_T")
+LINK_GRACE_SECONDS = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +76,30 @@ async def while_tunnel_up(work: Awaitable[_T], opened: tunnel.Tunnel) -> _T:
         "Re-run; if it repeats, check the bastion's sshd logs and idle timeouts.",
         anchor="tunnel-dropped",
     )
+
+
+async def guarded(work: Awaitable[_T], lease: Lease, gate: tunnel.Gate) -> _T:
+    """The work's result, unless the lock is lost first.
+
+    Then the command's connections are cut at once (no other run may migrate alongside a live
+    session of this one) and the work is stopped. A lease that ended because the SSH link did
+    is reported as the tunnel's failure: the work notices the link within a moment.
+    """
+    if not lease.held:
+        return await work
+    running = asyncio.ensure_future(work)
+    try:
+        waiters: set[asyncio.Future[Any]] = {running, lease.lost}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            return running.result()
+        gate.close()
+        await asyncio.wait({running}, timeout=LINK_GRACE_SECONDS)
+        if running.done() and not running.cancelled() and isinstance(running.exception(), TunnelError):
+            raise running.exception()  # type: ignore[misc]
+        raise lease.lost.result()
+    finally:
+        await aio.stop(running)
 
 
 class _Database:
@@ -146,13 +172,17 @@ class _Database:
         return opened, session
 
     async def lock(self, session: database.Session, opened: tunnel.Tunnel) -> None:
-        from bastion_action import database  # noqa: PLC0415 - loaded by the pipeline in a thread
-
+        settings = self.settings
         with self.clock.stage_of(Stage.LOCK):
-            waited = await while_tunnel_up(session.lock(self.settings.lock_timeout, self.say), opened)
+            waited = await while_tunnel_up(session.lock(settings.lock_timeout, LEASE_SECONDS, self.say), opened)
         self.result.lock_wait = waited
-        key1, key2 = database.lock_keys(self.target.db.name)
-        self.say(f"lock: pg_advisory_lock({key1}, {key2}) held after {waited:.2f} s")
+        key1, key2 = lock_keys(self.target.db.name)
+        lease = session.lease
+        bound = "the server ends it" if lease.server_bound else "PostgreSQL < 14 cannot end it"
+        self.say(
+            f"lock: pg_advisory_lock({key1}, {key2}) held after {waited:.2f} s, "
+            f"as a {lease.seconds:g} s lease ({bound} if the action goes silent)"
+        )
 
     async def command(self, opened: tunnel.Tunnel, session: database.Session, gate: tunnel.Gate) -> None:
         settings, result, db = self.settings, self.result, self.target.db
@@ -226,7 +256,7 @@ async def run_database(shared: Shared, target: Target) -> None:
                 if path.settings.lock:
                     await path.lock(session, opened)
                 try:
-                    await path.command(opened, session, gate)
+                    await guarded(path.command(opened, session, gate), session.lease, gate)
                 finally:
                     await session.unlock()
         finally:

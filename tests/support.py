@@ -320,7 +320,7 @@ def with_docker(inputs: dict[str, str], lab: dict[str, Any]) -> dict[str, str]:
 
 def start_lock_holder(lab: dict[str, Any], database: str, seconds: int) -> subprocess.Popen[bytes]:
     """Another deploy (application_name other-deploy) taking the action's migration lock of ``database``."""
-    from bastion_action.database import lock_keys  # noqa: PLC0415 - the key as the action computes it
+    from bastion_action.lock import lock_keys  # noqa: PLC0415 - the key as the action computes it
 
     key1, key2 = lock_keys(database)
     argv = list(lab["db_admin_argv"])

@@ -40,7 +40,7 @@ from support import (
 )
 
 LABEL = "io.github.bastion-migrate.command"
-LOCK_CLASSID = 1651733614  # bastion_action.database.LOCK_NAMESPACE (also in action_locks' SQL)
+LOCK_CLASSID = 1651733614  # bastion_action.lock.LOCK_NAMESPACE (also in action_locks' SQL)
 DRAIN_SECONDS = 5.0  # how long a bastion-side session may take to notice its client went away
 GRACE_SECONDS = 10.0  # SIGTERM -> SIGKILL (the contract: a cancelled run ends within 10 s)
 SAMPLE = 6  # migrations in the sample project
@@ -162,7 +162,7 @@ def inputs(base_inputs: dict[str, str]) -> dict[str, str]:
 
 
 def with_lock_holder(lab: Lab, database: str) -> subprocess.Popen[bytes]:
-    """Another deploy holding the migration lock of ``database`` (as database.lock_keys computes it)."""
+    """Another deploy holding the migration lock of ``database`` (as lock.lock_keys computes it)."""
     holder = start_lock_holder(lab, database, seconds=60)
     wait_for(lambda: action_locks(lab, database), "the other deploy's lock", timeout=10)
     return holder

@@ -20,7 +20,7 @@ from factories import make_settings
 from local_postgres import Postgres, running_postgres
 from sshd import SSHD, pending_tasks, refuses
 
-from bastion_action import database, pipeline
+from bastion_action import lock, pipeline, target
 from bastion_action.clock import Clock
 from bastion_action.errors import (
     CommandError,
@@ -70,7 +70,7 @@ async def databases(postgres: Postgres) -> AsyncIterator[Callable[[], Awaitable[
 
 
 async def lock_held_by_another(connection: asyncpg.Connection, name: str) -> bool:
-    key1, key2 = database.lock_keys(name)
+    key1, key2 = lock.lock_keys(name)
     return bool(
         await connection.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
@@ -225,7 +225,7 @@ async def test_the_command_starts_at_once_but_reaches_the_database_only_after_th
 ) -> None:
     name = await databases()
     holder = await asyncpg.connect(postgres.dsn(name))
-    key1, key2 = database.lock_keys(name)
+    key1, key2 = lock.lock_keys(name)
     await holder.execute("SELECT pg_advisory_lock($1, $2)", key1, key2)
     runner = ScriptedRunner()
     running = asyncio.ensure_future(execute(runner, sshd, postgres, name))
@@ -247,7 +247,7 @@ async def test_a_lock_held_too_long_fails_the_lock_stage_and_the_command_never_c
 ) -> None:
     name = await databases()
     holder = await asyncpg.connect(postgres.dsn(name))
-    key1, key2 = database.lock_keys(name)
+    key1, key2 = lock.lock_keys(name)
     await holder.execute("SELECT pg_advisory_lock($1, $2)", key1, key2)
     try:
         runner = ScriptedRunner()
@@ -535,3 +535,117 @@ async def test_a_role_that_may_not_read_django_migrations_fails_the_probe_naming
         f"user {role!r} lacks a privilege reading the server's facts in database {name!r}: "
         "permission denied for table django_migrations"
     )
+
+
+async def lock_holder_pid(postgres: Postgres, name: str) -> int | None:
+    key1, key2 = lock.lock_keys(name)
+    admin = await asyncpg.connect(postgres.dsn(name))
+    try:
+        return await admin.fetchval(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = ($1::bigint & 4294967295)::oid AND objid = ($2::bigint & 4294967295)::oid",
+            key1,
+            key2,
+        )
+    finally:
+        await admin.close()
+
+
+async def backends_of(postgres: Postgres, name: str) -> int:
+    admin = await asyncpg.connect(postgres.dsn())
+    try:
+        return int(
+            await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", name
+            )
+        )
+    finally:
+        await admin.close()
+
+
+async def terminate(postgres: Postgres, pid: int) -> None:
+    admin = await asyncpg.connect(postgres.dsn())
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+
+
+async def test_a_lost_lock_stops_the_command_and_cuts_its_connections(sshd, postgres, databases) -> None:
+    name = await databases()
+    runner = ScriptedRunner(sleeping(20))
+    running = asyncio.ensure_future(execute(runner, sshd, postgres, name, command="custom", args="sleep 20"))
+    await asyncio.wait_for(runner.first_query.wait(), 10)
+    pid = await lock_holder_pid(postgres, name)
+    assert pid is not None
+    ended = time.monotonic()
+    await terminate(postgres, pid)
+    run = await running
+    assert time.monotonic() - ended < 3
+    assert isinstance(run.error, LockError)
+    assert run.error.anchor == "lock-lost"
+    assert run.error.message.startswith(f"the migration lock on database {name!r} was lost: its session was ended")
+    assert runner.cancelled == 1
+    for _ in range(100):  # the command's own session ends with its forwarded connection
+        if await backends_of(postgres, name) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await backends_of(postgres, name) == 0
+    await nothing_left(run.tunnel_port)
+
+
+async def test_the_lease_is_kept_alive_past_its_length_and_bound_on_the_server(
+    sshd, postgres, databases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(target, "LEASE_SECONDS", 1.2)
+    name = await databases()
+    seen: list[str] = []
+
+    async def long_and_quiet(connection: asyncpg.Connection, emit: Emit) -> int:
+        await asyncio.sleep(3)  # 2.5 leases without a word from the command
+        pid = await lock_holder_pid(postgres, name)
+        admin = await asyncpg.connect(postgres.dsn(name))
+        try:
+            seen.append(await admin.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", pid))
+        finally:
+            await admin.close()
+        return await apply_migrations(connection, emit)
+
+    out = io.StringIO()
+    parsed = make_settings(**inputs(sshd, postgres, name))
+    run = await pipeline.execute(parsed, Console({}, stream=out), runner=ScriptedRunner(long_and_quiet))
+    assert run.result is Result.SUCCESS, run.error
+    assert seen == ["idle"]  # the lock's session is alive, idle between heartbeats
+    assert "as a 1.2 s lease (the server ends it if the action goes silent)" in out.getvalue()
+
+
+async def test_a_session_ended_while_waiting_for_the_lock_is_a_lock_failure(sshd, postgres, databases) -> None:
+    name = await databases()
+    holder = await asyncpg.connect(postgres.dsn(name))
+    key1, key2 = lock.lock_keys(name)
+    await holder.execute("SELECT pg_advisory_lock($1, $2)", key1, key2)
+    try:
+        running = asyncio.ensure_future(execute(ScriptedRunner(), sshd, postgres, name, lock_timeout="30"))
+        admin = await asyncpg.connect(postgres.dsn(name))
+        try:
+            waiting = None
+            for _ in range(100):
+                waiting = await admin.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'bastion-migrate' "
+                    "AND pid <> $2",
+                    name,
+                    holder.get_server_pid(),
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting is not None
+            await asyncio.sleep(0.6)  # in the wait loop by now
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", waiting)
+        finally:
+            await admin.close()
+        run = await asyncio.wait_for(running, 10)
+    finally:
+        await holder.close()
+    assert isinstance(run.error, LockError)
+    assert run.error.message.startswith(f"the session taking the migration lock on database {name!r} ended: ")

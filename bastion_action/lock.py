@@ -1,0 +1,176 @@
+"""The migration lock (asyncpg): a PostgreSQL advisory lock held as a lease, and who holds it when it is taken.
+
+The lock lives in the action's own session. PostgreSQL releases it when that session ends,
+so the session is the lease: once the lock is held the server is told to end the session
+after ``lease`` seconds of silence (``idle_session_timeout``, PostgreSQL 14 and newer), and
+the action speaks every third of that. A runner that vanishes leaves the lock held for at
+most ``lease`` seconds; a session that ends under a live run (a DBA's pg_terminate_backend,
+a proxy's idle timeout) is noticed at once, and the run fails in the ``lock`` stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import time
+import zlib
+from collections.abc import Callable
+
+import asyncpg
+
+from bastion_action.errors import LockError
+
+LOCK_NAMESPACE = int.from_bytes(b"bstn", "big")  # 1651733614, the first key of every lock the action takes
+LOCK_POLL_SECONDS = 0.5
+HEARTBEATS_PER_LEASE = 3
+LEASE_SECONDS = 60.0  # lock-lease-seconds' default
+IDLE_SESSION_TIMEOUT_SINCE = 140000  # server_version_num of PostgreSQL 14
+
+
+def lock_keys(database: str) -> tuple[int, int]:
+    """The advisory lock's two int4 keys: a fixed namespace, and CRC-32 of the database name.
+
+    Other tools take the same lock with
+    ``SELECT pg_advisory_lock(1651733614, <crc32(dbname) as signed int4>)``.
+    """
+    crc = zlib.crc32(database.encode("utf-8"))
+    return LOCK_NAMESPACE, crc - (1 << 32) if crc >= (1 << 31) else crc
+
+
+@dataclasses.dataclass(frozen=True)
+class LockHolder:
+    pid: int
+    application_name: str
+    client_addr: str | None
+    user: str
+    since: dt.datetime | None
+
+    def describe(self) -> str:
+        since = f" since {self.since:%Y-%m-%d %H:%M:%S %Z}" if self.since else ""
+        app = self.application_name or "an unnamed client"
+        return f"{app} (backend pid {self.pid}, user {self.user}, from {self.client_addr or 'a local socket'}){since}"
+
+
+class Lease:
+    """The advisory lock of one database on one session: taken with a bounded wait, then kept alive and watched."""
+
+    def __init__(self, connection: asyncpg.Connection, database: str, guard: asyncio.Lock) -> None:
+        self.connection = connection
+        self.guard = guard  # one query at a time on the session: the heartbeat waits for the others
+        self.database = database
+        self.keys = lock_keys(database)
+        self.held = False
+        self.seconds: float | None = None  # the lease, once the lock is held
+        self.server_bound = False  # whether the server itself ends a silent session (idle_session_timeout)
+        self.lost: asyncio.Future[LockError] = asyncio.get_running_loop().create_future()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def acquire(self, timeout: float, lease: float, on_wait: Callable[[str], None]) -> float:
+        """Take the lock, waiting at most ``timeout`` s, then hold it as a ``lease``; returns the seconds waited."""
+        started = time.perf_counter()
+        try:
+            await self._wait(started, timeout, on_wait)
+            await self._bind(lease)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise LockError(
+                f"the session taking the migration lock on database {self.database!r} ended: {exc}",
+                hint="The database, an administrator (pg_terminate_backend) or the network ended the action's "
+                "session while it took the lock. Re-run; if it repeats, check the database's logs.",
+                anchor="lock-lost",
+            ) from exc
+        return time.perf_counter() - started
+
+    async def _wait(self, started: float, timeout: float, on_wait: Callable[[str], None]) -> None:
+        reported: LockHolder | None = None
+        while True:
+            if await self.connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", *self.keys):
+                self.held = True
+                return
+            waited = time.perf_counter() - started
+            holder = await self._holder()
+            if holder and holder != reported:
+                on_wait(f"lock: waiting for {holder.describe()}")
+                reported = holder
+            if waited >= timeout:
+                held_by = holder.describe() if holder else "another session"
+                raise LockError(
+                    f"the migration lock on database {self.database!r} is held by {held_by}; "
+                    f"gave up after {timeout:g} s (lock-timeout)",
+                    hint="Another deploy is migrating this database. Wait for it, or raise lock-timeout; "
+                    "if the holder is stuck, end its session (pg_terminate_backend) after checking.",
+                )
+            await asyncio.sleep(min(LOCK_POLL_SECONDS, max(timeout - waited, 0.01)))
+
+    async def _bind(self, lease: float) -> None:
+        """The server ends this session after ``lease`` s of silence; the action speaks well within it."""
+        self.seconds = lease
+        if self.connection.get_server_version().major * 10000 >= IDLE_SESSION_TIMEOUT_SINCE:
+            await self.connection.execute(f"SET idle_session_timeout = {int(lease * 1000)}")
+            self.server_bound = True
+        self.connection.add_termination_listener(self._terminated)
+        self._heartbeat = asyncio.ensure_future(self._beat(lease / HEARTBEATS_PER_LEASE))
+
+    def _terminated(self, _connection: object) -> None:
+        self._lose("its session was ended (by the server, an administrator's pg_terminate_backend, or the network)")
+
+    def _lose(self, why: str) -> None:
+        if self.held and not self.lost.done():
+            self.lost.set_result(
+                LockError(
+                    f"the migration lock on database {self.database!r} was lost: {why}; "
+                    "the command was stopped so that no other run migrates alongside it",
+                    hint="Check the database's logs for why the action's session ended (idle_session_timeout, "
+                    "pg_terminate_backend, a connection pooler or proxy timeout), then re-run.",
+                    anchor="lock-lost",
+                )
+            )
+
+    async def _beat(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.guard, asyncio.timeout(interval):
+                    await self.connection.fetchval("SELECT 1")
+            except TimeoutError:
+                self._lose(f"its session did not answer within {interval:g} s")
+                return
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                self._lose(f"its session failed ({exc})")
+                return
+
+    async def _holder(self) -> LockHolder | None:
+        row = await self.connection.fetchrow(
+            """
+            SELECT a.pid, coalesce(a.application_name, '') AS app, host(a.client_addr) AS addr,
+                   coalesce(a.usename::text, '') AS usr, a.backend_start
+            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+              AND l.classid = ($1::bigint & 4294967295)::oid AND l.objid = ($2::bigint & 4294967295)::oid
+            LIMIT 1
+            """,
+            *self.keys,
+        )
+        if row is None:
+            return None
+        return LockHolder(
+            pid=int(row["pid"]),
+            application_name=str(row["app"]),
+            client_addr=row["addr"],
+            user=str(row["usr"]),
+            since=row["backend_start"],
+        )
+
+    async def release(self) -> None:
+        """Stop the heartbeat and unlock (closing the session releases it too, whatever happens here)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self.held:
+            self.connection.remove_termination_listener(self._terminated)
+            if not self.connection.is_closed():
+                await self.connection.fetchval("SELECT pg_advisory_unlock($1, $2)", *self.keys)
+        self.held = False
