@@ -168,7 +168,11 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("lock-timeout", "Seconds to wait for the migration lock.", "300", in_file=True),
     InputSpec("image", "Docker mode: image reference; may carry its own :tag or @sha256: digest.", in_file=True),
     InputSpec("image-tag", "Docker mode: tag appended to image when it has none.", "latest", in_file=True),
-    InputSpec("registry", "Docker mode: registry to log in to; default the image reference's host.", in_file=True),
+    InputSpec(
+        "registry",
+        "Docker mode: registry the credentials are for; must be the image reference's host, which is the default.",
+        in_file=True,
+    ),
     InputSpec("registry-username", "Docker mode: registry user (DigitalOcean: the access token).", in_file=True),
     InputSpec("registry-password", "Docker mode: registry password or token.", secret=True),
     InputSpec("pull", "Docker mode: always | missing | never.", "missing", in_file=True),

@@ -9,6 +9,13 @@ from urllib.parse import quote, quote_plus
 _MIN_LINE_MASK = 4
 
 
+def _utf8(value: str) -> bytes:
+    try:
+        return value.encode("utf-8", "surrogateescape")  # os.environ's undecodable bytes come back as they were
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
 def _python_literals(value: str) -> set[str]:
     """The text between the quotes of every str/bytes literal Python prints for ``value``.
 
@@ -21,10 +28,7 @@ def _python_literals(value: str) -> set[str]:
     for escape in escapers:
         forms.add(escape('"' + value)[2:-1])
         forms.add("'".join(escape('"' + part)[2:-1] for part in value.split("'")))
-    try:
-        utf8 = value.encode("utf-8", "surrogateescape")  # os.environ's undecodable bytes come back as they were
-    except UnicodeEncodeError:
-        utf8 = value.encode("utf-8", "surrogatepass")
+    utf8 = _utf8(value)
     forms.add(repr(b'"' + utf8)[3:-1])
     forms.add("'".join(repr(b'"' + part)[3:-1] for part in utf8.split(b"'")))
     return forms
@@ -32,11 +36,12 @@ def _python_literals(value: str) -> set[str]:
 
 def _encodings(value: str) -> set[str]:
     """``value`` as Python, JSON and URLs print it (the DSN's password is ``quote(safe="")``)."""
+    utf8 = _utf8(value)  # quote() would raise on a lone surrogate
     return {
         value,
-        quote(value, safe=""),
-        quote(value),
-        quote_plus(value, safe=""),
+        quote(utf8, safe=""),
+        quote(utf8),
+        quote_plus(utf8, safe=""),
         json.dumps(value)[1:-1],
         json.dumps(value, ensure_ascii=False)[1:-1],
         *_python_literals(value),
