@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 
 from bastion_action import sources
 from bastion_action.errors import SettingsError, input_error
-from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec, Reader, raw_from_environ
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec, Reader, check_single_line, raw_from_environ
 from bastion_action.redaction import masks, secret_forms
 from bastion_action.references import (
     ImageReference,
@@ -296,7 +296,9 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     if unknown:
         msg = f"unknown input(s): {', '.join(unknown)}"
         raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
+    check_single_line(raw)  # the explicit inputs first: environment and config-file pick what is layered
     layered = sources.layer(raw, environ)
+    check_single_line(layered.values)
     read = Reader(layered.values, layered.secret_names)
     mode = read.choice("mode", Mode)
     command = read.choice("command", Command)
