@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import TypeVar
 
@@ -24,6 +25,9 @@ class InputSpec:
     secret: bool = False  # masked, used exactly as given (not trimmed), never allowed in the config file
     in_file: bool = False  # the topology file (config-file) may set it
     by_prefix: str = ""  # read from the secret <PREFIX>_<by_prefix> (the `secrets` JSON or the environment)
+    # Text, lists and scripts span lines; every other value is one line, so a newline in it is an injection
+    # (`::error::` in a host name) or a paste error. Secrets are never checked: any character is a legal password.
+    multi_line: bool = False
 
     def __post_init__(self) -> None:
         if self.secret and self.in_file:
@@ -58,6 +62,7 @@ INPUTS: tuple[InputSpec, ...] = (
         "args",
         "Extra arguments for the command (custom: the whole command line), split as shell words.",
         in_file=True,
+        multi_line=True,
     ),
     InputSpec(
         "config-file", "YAML topology file (non-secret settings per environment).", ".github/bastion-migrate.yml"
@@ -66,6 +71,7 @@ INPUTS: tuple[InputSpec, ...] = (
         "secrets",
         "All secrets as JSON (toJSON(secrets) of the workflow); <PREFIX>_* names are read from it.",
         secret=True,
+        multi_line=True,
     ),
     InputSpec("secret-prefix", "Prefix of the secret names read from `secrets`; default: the environment, upper case."),
     InputSpec("ssh-host", "Bastion host name or address.", in_file=True, by_prefix="HOST"),
@@ -77,6 +83,7 @@ INPUTS: tuple[InputSpec, ...] = (
         "Private key text (OpenSSH or PEM) for the bastion user.",
         secret=True,
         by_prefix="SSH_PRIVATE_KEY",
+        multi_line=True,
     ),
     InputSpec("ssh-passphrase", "Passphrase of ssh-private-key.", secret=True, by_prefix="SSH_PASSPHRASE"),
     InputSpec(
@@ -84,12 +91,14 @@ INPUTS: tuple[InputSpec, ...] = (
         "known_hosts text for the bastion, as ssh-keyscan prints it.",
         in_file=True,
         by_prefix="SSH_KNOWN_HOSTS",
+        multi_line=True,
     ),
     InputSpec(
         "ssh-host-fingerprint",
         "Host key fingerprint(s) of the bastion (and jump hosts), SHA256:<base64> as ssh-keygen -lf prints it; "
         "several separated by commas, spaces or newlines.",
         in_file=True,
+        multi_line=True,
     ),
     InputSpec(
         # Not in the file: turning host key checking off must be visible in the workflow that does it.
@@ -103,6 +112,7 @@ INPUTS: tuple[InputSpec, ...] = (
         "Each hop's host key is checked against ssh-known-hosts / ssh-host-fingerprint; hops use the same credentials.",
         in_file=True,
         by_prefix="SSH_JUMP_HOSTS",
+        multi_line=True,
     ),
     InputSpec(
         "ssh-keepalive-interval",
@@ -127,6 +137,7 @@ INPUTS: tuple[InputSpec, ...] = (
         "Fan-out: several databases behind the same bastion, [host[:port]/]name separated by commas or newlines "
         "(host and port default to db-host and db-port); replaces db-name. One SSH connection serves them all.",
         in_file=True,
+        multi_line=True,
     ),
     InputSpec("concurrency", "Fan-out: how many databases are worked on at once.", "4", in_file=True),
     InputSpec("local-port", "Local port of the tunnel; 0 picks a free one.", "0", in_file=True),
@@ -137,7 +148,7 @@ INPUTS: tuple[InputSpec, ...] = (
         by_prefix="DJANGO_SETTINGS_MODULE",
     ),
     InputSpec("secret-key", "SECRET_KEY for the command.", secret=True, by_prefix="SECRET_KEY"),
-    InputSpec("extra-env", "More environment for the command, one NAME=value per line.", in_file=True),
+    InputSpec("extra-env", "More environment for the command, one NAME=value per line.", in_file=True, multi_line=True),
     InputSpec(
         "database-url-env",
         "Name of the variable that receives the database URL.",
@@ -168,7 +179,11 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("lock-timeout", "Seconds to wait for the migration lock.", "300", in_file=True),
     InputSpec("image", "Docker mode: image reference; may carry its own :tag or @sha256: digest.", in_file=True),
     InputSpec("image-tag", "Docker mode: tag appended to image when it has none.", "latest", in_file=True),
-    InputSpec("registry", "Docker mode: registry to log in to; default the image reference's host.", in_file=True),
+    InputSpec(
+        "registry",
+        "Docker mode: registry the credentials are for; must be the image reference's host, which is the default.",
+        in_file=True,
+    ),
     InputSpec("registry-username", "Docker mode: registry user (DigitalOcean: the access token).", in_file=True),
     InputSpec("registry-password", "Docker mode: registry password or token.", secret=True),
     InputSpec("pull", "Docker mode: always | missing | never.", "missing", in_file=True),
@@ -184,6 +199,31 @@ def raw_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     string means "not given", as in GitHub's composite actions.
     """
     return {spec.name: environ[spec.env] for spec in INPUTS if spec.env in environ}
+
+
+_CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL", "\x1b": "an escape"}
+# Cc: C0, DEL and C1 controls; Zl/Zp: U+2028/U+2029, which splitlines() and some viewers break lines at.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def check_single_line(values: Mapping[str, str]) -> None:
+    """Refuse a control character inside any value of an input that is not multi-line (its row says which).
+
+    Checked as the reader will use the value (trimmed), so a secret stored with its trailing newline still
+    works; the error describes the character, never the value, which may come from a secret.
+    """
+    for name, value in values.items():
+        spec = INPUTS_BY_NAME.get(name)
+        if spec is None or spec.secret or spec.multi_line:
+            continue
+        for position, character in enumerate(value.strip(), start=1):
+            if unicodedata.category(character) in _CONTROL_CATEGORIES:
+                described = _CHARACTER_NAMES.get(character, "a control character")
+                raise SettingsError(
+                    f"{name}: expected a single line without control characters, "
+                    f"got {described} (U+{ord(character):04X}) at position {position}",
+                    hint=f"Check the '{name}' input of the step, or the secret or config-file key it is read from.",
+                )
 
 
 class Reader:

@@ -2,19 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
 from urllib.parse import quote, quote_plus
 
 _MIN_LINE_MASK = 4
 
 
+def _utf8(value: str) -> bytes:
+    try:
+        return value.encode("utf-8", "surrogateescape")  # os.environ's undecodable bytes come back as they were
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _python_literals(value: str) -> set[str]:
+    """The text between the quotes of every str/bytes literal Python prints for ``value``.
+
+    ``repr`` quotes with ``'`` (escaping ``'`` inside) unless the string holds ``'`` and no ``"``;
+    the value may sit inside a longer string (a DSN, a dict's repr) whose other characters pick
+    the quote, so both styles count. A leading ``"`` forces the ``'`` style.
+    """
+    forms = set()
+    escapers: tuple[Callable[[str], str], ...] = (repr, ascii)
+    for escape in escapers:
+        forms.add(escape('"' + value)[2:-1])
+        forms.add("'".join(escape('"' + part)[2:-1] for part in value.split("'")))
+    utf8 = _utf8(value)
+    forms.add(repr(b'"' + utf8)[3:-1])
+    forms.add("'".join(repr(b'"' + part)[3:-1] for part in utf8.split(b"'")))
+    return forms
+
+
+def _encodings(value: str) -> set[str]:
+    """``value`` as Python, JSON and URLs print it (the DSN's password is ``quote(safe="")``)."""
+    utf8 = _utf8(value)  # quote() would raise on a lone surrogate
+    return {
+        value,
+        quote(utf8, safe=""),
+        quote(utf8),
+        quote_plus(utf8, safe=""),
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        *_python_literals(value),
+    }
+
+
 def secret_forms(value: str) -> list[str]:
-    """A secret and every form of it that may be printed: its lines, URL encodings."""
-    forms = {value, quote(value, safe=""), quote_plus(value, safe="")}
-    lines = [line.strip() for line in value.splitlines()]
-    if len(lines) > 1:
-        # GitHub masks line by line; a line too short to be secret ("{" of a JSON) would blank out the log.
-        forms.update(line for line in lines if len(line) >= _MIN_LINE_MASK)
+    """A secret and every form of it that may be printed: encodings of the value and of each of its lines."""
+    if not value.strip():
+        return []  # whitespace is no secret; its encodings (%20, \\n) would blank out the log
+    forms = _encodings(value)
+    # Each line prints on its own (GitHub masks line by line), and so does a value read with its trailing
+    # newline. A line too short to be secret ("{" of a JSON) would blank out the log; its encodings are
+    # never shorter than the line, so the same rule keeps them all out.
+    lines = {line.strip() for line in value.splitlines()}
+    forms.update(form for line in lines if len(line) >= _MIN_LINE_MASK for form in _encodings(line))
     return sorted((form for form in forms if form.strip()), key=len, reverse=True)
 
 

@@ -135,6 +135,17 @@ def is_registry_host(text: str) -> bool:
     return re.fullmatch(_DOMAIN, text) is not None
 
 
+DIGITALOCEAN_REGISTRY = "registry.digitalocean.com"
+# The names Docker Hub answers to; an image without a host is on it.
+_DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+def same_registry(first: str, second: str) -> bool:
+    """Both ``host[:port]`` name the same registry (host names are case-insensitive; Docker Hub has aliases)."""
+    keys = ["docker.io" if host.lower() in _DOCKER_HUB else host.lower() for host in (first, second)]
+    return keys[0] == keys[1]
+
+
 def is_digitalocean(registry: str) -> bool:
-    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
-    return host == "registry.digitalocean.com" or host.endswith(".digitalocean.com")
+    """DigitalOcean's registry itself: its access token opens much more than the registry, so no look-alike."""
+    return registry.lower() == DIGITALOCEAN_REGISTRY

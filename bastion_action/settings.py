@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 
 from bastion_action import sources
 from bastion_action.errors import SettingsError, input_error
-from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec, Reader, raw_from_environ
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec, Reader, check_single_line, raw_from_environ
 from bastion_action.redaction import masks, secret_forms
 from bastion_action.references import (
     ImageReference,
@@ -24,6 +24,7 @@ from bastion_action.references import (
     parse_fingerprints,
     parse_image_reference,
     parse_jump_hosts,
+    same_registry,
 )
 
 # Other modules import these from here; inputs, references and redaction own some of them.
@@ -258,19 +259,27 @@ def _app_settings(read: Reader, environ: Mapping[str, str]) -> AppSettings:
 
 def _image_settings(read: Reader, pull: PullPolicy, *, token_filled: bool) -> ImageSettings:
     reference = parse_image_reference(read.required("image", "the image to run the command in"), read.text("image-tag"))
-    registry = read.text("registry") or reference.registry
-    if not is_registry_host(registry):
-        raise input_error("registry", "a registry host[:port], like registry.digitalocean.com", registry)
+    given = read.text("registry")
+    if given and not is_registry_host(given):
+        raise input_error("registry", "a registry host[:port], like registry.digitalocean.com", given)
     username, password = read.optional("registry-username"), read.optional("registry-password")
-    if token_filled and not is_digitalocean(registry):
-        # DO_ACCESS_TOKEN is DigitalOcean's; it is never sent to another registry.
-        username = password = None
     if bool(username) != bool(password):
         raise SettingsError(
             "registry-username and registry-password: expected both or neither, got only "
             + ("registry-username" if username else "registry-password"),
             hint="DigitalOcean's registry takes the access token as both.",
         )
+    # The daemon sends the credentials to the registry the image is pulled from, whatever `registry` says.
+    if username and given and not same_registry(given, reference.registry):
+        raise SettingsError(
+            f"registry and image: registry is {given} but image is on {reference.registry}; "
+            f"the credentials would be sent to {reference.registry}",
+            hint=f"Credentials go to the image's own registry: name {given} in image "
+            f"({given}/team/app), or leave registry out.",
+        )
+    if token_filled and not is_digitalocean(reference.registry):
+        username = password = None  # DO_ACCESS_TOKEN is DigitalOcean's; no other registry is offered it
+    registry = given or reference.registry
     return ImageSettings(
         reference=reference,
         registry=registry,
@@ -287,7 +296,9 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
     if unknown:
         msg = f"unknown input(s): {', '.join(unknown)}"
         raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
+    check_single_line(raw)  # the explicit inputs first: environment and config-file pick what is layered
     layered = sources.layer(raw, environ)
+    check_single_line(layered.values)
     read = Reader(layered.values, layered.secret_names)
     mode = read.choice("mode", Mode)
     command = read.choice("command", Command)

@@ -40,9 +40,21 @@ def admin_sql(lab: dict[str, Any], sql: str, database: str = "postgres") -> str:
     return done.stdout.strip()
 
 
+def _printed(value: str) -> set[str]:
+    """``value`` as URLs, JSON and Python print it; Python's escape of ``'`` depends on the enclosing string."""
+    forms = {value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]}
+    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    for python in (repr, ascii, lambda text: repr(text.encode())[1:]):
+        forms |= {python(value)[1:-1], python(value + '"')[1:-2]}  # a '"' makes Python quote with "'"
+        if '"' not in value:
+            forms.add(python(value + "'")[1:-2])  # quoted with '"', the "'" inside is not escaped
+    return forms
+
+
 def secret_forms(value: str) -> set[str]:
-    forms = {value, quote(value, safe=""), quote_plus(value)}
-    forms |= {line.strip() for line in value.splitlines()}
+    forms = _printed(value)
+    for line in value.splitlines():
+        forms |= _printed(line.strip())
     return {form for form in forms if len(form.strip()) >= 4}
 
 

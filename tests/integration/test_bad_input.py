@@ -47,6 +47,12 @@ def assert_rejected(run, expected: str) -> None:
         pytest.param({"timeout": "0"}, "timeout: expected a number of seconds greater than 0", id="timeout"),
         pytest.param({"lock-timeout": "-1"}, "lock-timeout: expected a number of seconds", id="lock-timeout"),
         pytest.param({"config-file": "missing.yml"}, "config-file:", id="config-missing"),
+        pytest.param(
+            # A second `::error::` line would fail the one-annotation check: the value is described, not echoed.
+            {"db-host": "10.0.0.5\n::error::x"},
+            "db-host: expected a single line without control characters, got a newline (U+000A) at position 9",
+            id="newline-in-db-host",
+        ),
     ],
 )
 def test_rejected_before_connecting(action, unreachable, overrides, expected) -> None:

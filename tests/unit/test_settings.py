@@ -150,6 +150,40 @@ def test_registry_credentials_come_in_pairs_and_are_secret() -> None:
     assert "tok-secret" in parsed.secrets
 
 
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        pytest.param("ghcr.io/team/app", "GHCR.io", id="case"),
+        pytest.param("team/app", "index.docker.io", id="hub-alias"),
+        pytest.param("reg.lab:5443/team/app", "reg.lab:5443", id="port"),
+    ],
+)
+def test_registry_naming_the_image_host_is_accepted(image: str, registry: str) -> None:
+    credentials = {"registry-username": "u", "registry-password": "p"}
+    parsed = parse(mode="docker", image=image, registry=registry, **credentials)
+    assert parsed.image is not None
+    assert parsed.image.password == "p"
+
+
+@pytest.mark.parametrize(
+    ("image", "registry", "host"),
+    [
+        pytest.param("127.0.0.1:5000/team/app:1", "registry.digitalocean.com", "127.0.0.1:5000", id="do"),
+        pytest.param("reg.lab:5443/team/app", "reg.lab", "reg.lab:5443", id="port-differs"),
+        pytest.param("team/app", "ghcr.io", "docker.io", id="hub"),
+    ],
+)
+def test_registry_other_than_the_image_host_is_refused_with_credentials(image: str, registry: str, host: str) -> None:
+    credentials = {"registry-username": "u", "registry-password": "pw-secret"}
+    error = error_of(mode="docker", image=image, registry=registry, **credentials)
+    assert error.message == (
+        f"registry and image: registry is {registry} but image is on {host}; the credentials would be sent to {host}"
+    )
+    assert "pw-secret" not in str(error)
+    without = parse(mode="docker", image=image, registry=registry)
+    assert without.image is not None, "without credentials nothing would be sent: nothing to refuse"
+
+
 def test_unknown_input_is_refused() -> None:
     with pytest.raises(SettingsError, match="unknown input"):
         settings.parse({**base_inputs(), "ssh-hots": "x"}, environ={})

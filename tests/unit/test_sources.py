@@ -186,6 +186,47 @@ def test_do_token_is_only_sent_to_digitalocean(tmp_path: Path) -> None:
     assert on_do.image.password == "dop_v1_token"
 
 
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        pytest.param("127.0.0.1:5000/team/app:1", "registry.digitalocean.com", id="registry-names-do"),
+        pytest.param("ghcr.io/team/app:1", "registry.digitalocean.com", id="ghcr"),
+        pytest.param("team/app:1", "registry.digitalocean.com", id="hub"),
+    ],
+)
+def test_do_token_is_refused_when_registry_is_not_the_image_host(tmp_path: Path, image: str, registry: str) -> None:
+    raw = {"environment": "uat", "secrets": json.dumps(TEAM_SECRETS), "mode": "docker", "image": image}
+    raw |= {"ssh-host-fingerprint": FINGERPRINT, "registry": registry}
+    with pytest.raises(SettingsError) as info:
+        settings.parse(raw, environ=workspace(tmp_path, ""))
+    host = settings.parse_image_reference(image, "x").registry
+    assert info.value.message.startswith(f"registry and image: registry is {registry} but image is on {host}")
+    assert "dop_v1_token" not in str(info.value)
+    assert "image's own registry" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    "image", ["registry.digitalocean.com.evil.io/team/app", "evil.digitalocean.com/team/app", "team/app"]
+)
+def test_do_token_is_not_offered_to_look_alikes(tmp_path: Path, image: str) -> None:
+    raw = {"environment": "uat", "secrets": json.dumps(TEAM_SECRETS), "mode": "docker", "image": image}
+    parsed = settings.parse({**raw, "ssh-host-fingerprint": FINGERPRINT}, environ=workspace(tmp_path, ""))
+    assert parsed.image is not None
+    assert (parsed.image.username, parsed.image.password) == (None, None)
+    assert "dop_v1_token" in parsed.secrets, "still masked: every value given as a secret counts"
+
+
+def test_do_token_from_the_environment_follows_the_same_rule(tmp_path: Path) -> None:
+    environ = {**workspace(tmp_path, ""), **TEAM_SECRETS, "DO_ACCESS_TOKEN": "dop_v1_env"}
+    raw = {"environment": "uat", "mode": "docker", "ssh-host-fingerprint": FINGERPRINT}
+    elsewhere = settings.parse({**raw, "image": "ghcr.io/team/app"}, environ=environ)
+    assert elsewhere.image is not None
+    assert elsewhere.image.password is None
+    on_do = settings.parse({**raw, "image": "REGISTRY.digitalocean.com/team/app"}, environ=environ)
+    assert on_do.image is not None
+    assert on_do.image.password == "dop_v1_env"
+
+
 def test_either_or_errors_name_the_unset_secrets(tmp_path: Path) -> None:
     environ = workspace(tmp_path, "")
     team = {k: v for k, v in TEAM_SECRETS.items() if k != "UAT_SSH_PASSWORD"}
