@@ -192,7 +192,7 @@ def _code(text: str) -> str:
 def _pre(lines: list[str]) -> list[str]:
     # An HTML <pre> block ends only at </pre>, which escaped text cannot contain: blank lines, fences
     # and </details> in the output stay inside it.
-    return ["<pre>", *(html.escape(line, quote=False) for line in lines), "</pre>"]
+    return ["<pre>", *(html.escape(_one_line(line), quote=False) for line in lines), "</pre>"]
 
 
 def _targets_table(run: RunResult) -> list[str]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 from support import SAMPLE_MIGRATIONS, admin_sql
 
-SQUASH = '''from django.db import migrations, models
+SQUASH = """from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
@@ -32,7 +31,7 @@ class Migration(migrations.Migration):
             ],
         ),
     ]
-'''
+"""
 
 
 def recorded(lab, database: str) -> list[str]:
@@ -102,9 +101,7 @@ def test_a_command_that_never_started_leaves_the_counts_empty(action, base_input
     assert "0 pending" not in run.summary
 
 
-def test_a_squash_left_to_finish_recording_reads_the_same_in_every_command(
-    action, base_inputs, lab, tmp_path
-) -> None:
+def test_a_squash_left_to_finish_recording_reads_the_same_in_every_command(action, base_inputs, lab, tmp_path) -> None:
     full = action({**base_inputs, "command": "migrate"})  # the replaced migrations, un-squashed
     assert full.returncode == 0, full.explain()
     project = tmp_path / "project"
