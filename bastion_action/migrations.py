@@ -27,6 +27,8 @@ The formats, as printed by Django 3.2 to 5.x:
 
       Applying catalog.0001_initial... OK
       Applying orders.0001_initial... OK (0.012s)               <- verbosity 2
+      Applying catalog.0001_initial... FAKED                    <- --fake-initial found the tables
+      Unapplying catalog.0002_product_sku... OK                 <- migrate to an earlier target
       Applying audit.0002_test_hooks...Traceback (most recent call last):
 """
 
@@ -42,7 +44,8 @@ class State(enum.StrEnum):
     APPLIED = "applied"
     PENDING = "pending"
     # A squash whose replaced migrations are all applied but which is not recorded itself yet:
-    # Django 4.2+ marks it [-] ("Run 'manage.py migrate' to finish recording"); counted as pending.
+    # Django 4.2+ marks it [-] ("Run 'manage.py migrate' to finish recording"). Its operations have
+    # all run and ``migrate --plan`` plans nothing for it, so it is not pending: shown, not counted.
     PARTIAL = "partial"
 
 
@@ -64,7 +67,7 @@ _NO_MIGRATIONS = re.compile(r"^ \(no migrations\)$")
 _APP_LABEL = re.compile(r"^(?P<app>[^\s\[(][^\s]*)$")
 _PLAN_ENTRY = re.compile(r"^\[(?P<mark>[X \-])\]  (?P<app>[^.\s]+)\.(?P<name>\S+)(?: \.\.\. \(.*\))?(?: \(.*\))?$")
 _MIGRATE_PLAN_ENTRY = re.compile(r"^(?P<app>[^.\s]+)\.(?P<name>\S+)$")
-_APPLYING = re.compile(r"^  (?:Applying|Unapplying) (?P<app>[^.\s]+)\.(?P<name>\S+?)\.\.\.(?P<rest>.*)$")
+_APPLYING = re.compile(r"^  (?P<verb>Applying|Unapplying) (?P<app>[^.\s]+)\.(?P<name>\S+?)\.\.\.(?P<rest>.*)$")
 _MARKS = {"X": State.APPLIED, " ": State.PENDING, "-": State.PARTIAL}
 
 
@@ -118,30 +121,49 @@ def parse_migrate_plan(text: str) -> list[Migration]:
 
 @dataclasses.dataclass(frozen=True)
 class MigrateOutput:
-    applied: list[str]  # "app.name", in order, as printed OK or FAKED
-    failed: str | None  # the migration being applied when the command failed
+    ran: bool  # migrate printed its header or a migration: the lists below are its own account of what it did
+    applied: list[str]  # "app.name", in order, printed OK: recorded and run
+    faked: list[str]  # printed FAKED: recorded without running (--fake-initial found the tables, or --fake)
+    failed: str | None  # the migration being applied or unapplied when the command failed
+
+
+# Printed by every migrate at verbosity 1 or more, before it touches the database.
+_MIGRATE_HEADERS = frozenset({"Operations to perform:", "Running migrations:"})
 
 
 def parse_migrate(text: str) -> MigrateOutput:
-    """``migrate`` output -> what it applied, and the migration it failed on, if any."""
+    """``migrate`` output -> what it ran and faked, in order, and the migration it failed on, if any.
+
+    What it unapplied is read from ``django_migrations`` instead: the rows say it exactly.
+    """
     applied: list[str] = []
+    faked: list[str] = []
     failed = None
+    ran = False
     for line in text.splitlines():
         entry = _APPLYING.match(line)
-        if not entry or line.lstrip().startswith("Unapplying"):
+        ran = ran or bool(entry) or line.strip() in _MIGRATE_HEADERS
+        if not entry:
             continue
         key = f"{entry['app']}.{entry['name']}"
-        rest = entry["rest"].strip()
-        if rest.startswith(("OK", "FAKED")):
-            applied.append(key)
-            failed = None
-        else:
+        ended = entry["rest"].strip().split(" ", 1)[0]  # verbosity 2 appends " (0.012s)"
+        if ended not in {"OK", "FAKED"}:
             failed = key
-    return MigrateOutput(applied=applied, failed=failed)
+            continue
+        failed = None
+        if entry["verb"] == "Applying":
+            (faked if ended == "FAKED" else applied).append(key)
+    return MigrateOutput(ran=ran, applied=applied, faked=faked, failed=failed)
+
+
+def has_plan(text: str) -> bool:
+    """``migrate --plan`` printed its header: its (possibly empty) plan can be trusted."""
+    return any(line.strip() == "Planned operations:" for line in text.splitlines())
 
 
 def pending(migrations: Iterable[Migration]) -> list[str]:
-    return [migration.key for migration in migrations if migration.state is not State.APPLIED]
+    """Keys not applied, in order; a squash whose replaced migrations are all applied is not pending."""
+    return [migration.key for migration in migrations if migration.state is State.PENDING]
 
 
 def group_by_app(migrations: Iterable[Migration]) -> dict[str, list[Migration]]:
@@ -157,6 +179,11 @@ def applied_since(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, 
     return [f"{app}.{name}" for app, name in after if (app, name) not in seen]
 
 
+def removed_since(before: Sequence[tuple[str, str]], after: Sequence[tuple[str, str]]) -> list[str]:
+    """Rows of django_migrations present before and not after, in the order they had been recorded."""
+    return applied_since(after, before)
+
+
 def state_from_database(rows: Sequence[tuple[str, str]], planned: Iterable[Migration]) -> dict[str, list[Migration]]:
     """Per-app state when Django printed only a plan: applied rows from the database, then the planned ones."""
     apps: dict[str, list[Migration]] = {}
@@ -167,12 +194,17 @@ def state_from_database(rows: Sequence[tuple[str, str]], planned: Iterable[Migra
     return apps
 
 
+def _recorded_or_not(state: State) -> State:
+    # Django 3.2 marks a squash whose replaced migrations are all applied [X], 4.2+ [-]: the same rows
+    return State.APPLIED if state is State.PARTIAL else state
+
+
 def differences(runner: Mapping[str, Sequence[Migration]], image: Mapping[str, Sequence[Migration]]) -> list[str]:
     """Each migration whose presence or state differs between two views, as readable lines."""
     lines = []
     for app in sorted(set(runner) | set(image)):
-        ours = {m.name: m.state for m in runner.get(app, [])}
-        theirs = {m.name: m.state for m in image.get(app, [])}
+        ours = {m.name: _recorded_or_not(m.state) for m in runner.get(app, [])}
+        theirs = {m.name: _recorded_or_not(m.state) for m in image.get(app, [])}
         if app not in image:
             lines.append(f"app {app} only on the runner")
             continue

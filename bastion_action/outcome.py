@@ -18,12 +18,21 @@ Rows = Sequence[tuple[str, str]]  # django_migrations (app, name), in the order 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What the database holds after the command, and what this run changed."""
+    """What the database holds after the command, and what this run changed.
 
-    applied: list[str]  # recorded by this run, in order (empty for a read-only command)
-    migrations: dict[str, list[Migration]]
-    pending: list[str]
+    ``None`` where the state could not be read (the command never got going, or printed nothing Django
+    would): an unknown count must never read as ``0``.
+    """
+
+    applied: list[str] | None  # recorded and run by this run, in order (empty for a read-only command)
+    migrations: dict[str, list[Migration]] | None
+    pending: list[str] | None
+    faked: list[str] | None = None  # recorded by this run without running (FAKED), in order
+    unapplied: list[str] | None = None  # rows this run removed, in the order they had been recorded
     failed_migration: str | None = None
+
+
+UNKNOWN = Outcome(applied=None, migrations=None, pending=None)
 
 
 def needs_plan(command: Command, exit_code: int, args: Sequence[str]) -> bool:
@@ -31,21 +40,53 @@ def needs_plan(command: Command, exit_code: int, args: Sequence[str]) -> bool:
     return command is Command.MIGRATE and (exit_code != 0 or bool(args))
 
 
-def interpret(command: Command, output: str, before: Rows | None, after: Rows, planned: str = "") -> Outcome:
-    """The results of a Django command from its output, the recorded rows, and (``needs_plan``) the plan's output."""
-    applied = [] if before is None else migrations.applied_since(before, after)
-    failed = None
+def interpret(
+    command: Command, output: str, before: Rows | None, after: Rows, planned: str | None = None, *, exit_code: int = 0
+) -> Outcome:
+    """The results of a Django command from its output, the recorded rows, and (``needs_plan``) the plan's output.
+
+    ``planned`` is ``None`` when no plan was asked for, and empty when asking failed.
+    """
+    if command is Command.MIGRATE:
+        return _migrate(output, before, after, planned, exit_code)
+    if exit_code != 0:  # a read-only command that failed printed at most part of the state
+        return UNKNOWN
     if command is Command.SHOWMIGRATIONS:
         apps = migrations.parse_showmigrations(output)
         if not apps:  # --plan given in args
             apps = migrations.group_by_app(migrations.parse_showmigrations_plan(output))
-    elif command in {Command.PLAN, Command.CHECK}:
+        if not apps:
+            return UNKNOWN
+    elif migrations.has_plan(output):  # plan, check
         apps = migrations.state_from_database(after, migrations.parse_migrate_plan(output))
     else:
-        failed = migrations.parse_migrate(output).failed
+        return UNKNOWN
+    return Outcome(applied=[], faked=[], unapplied=[], migrations=apps, pending=_pending(apps))
+
+
+def _migrate(output: str, before: Rows | None, after: Rows, planned: str | None, exit_code: int) -> Outcome:
+    printed = migrations.parse_migrate(output)
+    if not printed.ran or before is None:
+        return dataclasses.replace(UNKNOWN, failed_migration=printed.failed)
+    fake = set(printed.faked)
+    recorded = migrations.applied_since(before, after)
+    apps = None
+    if planned is None and exit_code == 0:  # migrate ran to its end with no target: nothing is left
+        apps = migrations.state_from_database(after, [])
+    elif planned is not None and migrations.has_plan(planned):
         apps = migrations.state_from_database(after, migrations.parse_migrate_plan(planned))
-    pending = migrations.pending(item for items in apps.values() for item in items)
-    return Outcome(applied=applied, migrations=apps, pending=pending, failed_migration=failed)
+    return Outcome(
+        applied=[key for key in recorded if key not in fake],
+        faked=[key for key in recorded if key in fake],
+        unapplied=migrations.removed_since(before, after),
+        migrations=apps,
+        pending=None if apps is None else _pending(apps),
+        failed_migration=printed.failed,
+    )
+
+
+def _pending(apps: dict[str, list[Migration]]) -> list[str]:
+    return migrations.pending(item for items in apps.values() for item in items)
 
 
 def verdict(command: Command, argv: Sequence[str], exit_code: int, outcome: Outcome | None) -> CommandError | None:
@@ -56,6 +97,12 @@ def verdict(command: Command, argv: Sequence[str], exit_code: int, outcome: Outc
             f"`{' '.join(argv)}` exited with code {exit_code}" + (f" while applying {failing}" if failing else ""),
             hint="The command's last lines of output are in the step summary.",
             exit_code=exit_code,
+        )
+    if command is Command.CHECK and outcome is not None and outcome.pending is None:
+        return CommandError(
+            f"`{' '.join(argv)}` printed no migration plan: the migration state is unknown",
+            hint="Check that `manage.py` and `python` run Django's own migrate; its output is in the step summary.",
+            exit_code=1,
         )
     if command is Command.CHECK and outcome is not None and outcome.pending:
         pending = outcome.pending

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import html
 import json
+import re
 
 from bastion_action.errors import ActionError
 from bastion_action.migrations import Migration, State, as_json
+from bastion_action.settings import Command
 
 TAIL_LINES = 30
 
@@ -17,15 +20,25 @@ OUTPUTS: dict[str, str] = {
     "tunnel-port": "Local port of the tunnel on 127.0.0.1.",
     "server-version": "PostgreSQL server version, e.g. 15.14.",
     "image-digest": "Docker mode: registry manifest digest (sha256:...) of the image that ran.",
-    "applied-count": "Number of migrations this run applied.",
-    "applied": 'JSON list of the migrations this run applied, in order: ["app.name", ...].',
-    "pending-count": "Number of migrations not applied after the run.",
+    "applied-count": "Number of migrations this run recorded and ran; empty when the state could not be read.",
+    "applied": 'JSON list of the migrations this run recorded and ran (not faked), in order: ["app.name", ...].',
+    "faked-count": "Number of migrations this run recorded without running; empty when the state could not be read.",
+    "faked": "JSON list of the migrations this run recorded without running (Django's FAKED, e.g. --fake-initial).",
+    "unapplied-count": "Number of migrations this run unapplied; empty when the state could not be read.",
+    "unapplied": "JSON list of the migrations this run unapplied (rows it removed from django_migrations).",
+    "pending-count": "Number of migrations not applied after the run; empty when the state could not be read.",
     "pending": "JSON list of the migrations not applied after the run, in apply order.",
     "migrations": 'JSON of the whole state: {"app": [{"name": ..., "applied": true|false, "state": ...}]}.',
     "lock-wait-seconds": "Seconds spent waiting for the migration lock.",
     "databases": "Fan-out: JSON of each database's outputs, by database name.",
     "duration-seconds": "Wall time of the run in decimal seconds.",
 }
+
+
+_DJANGO_COMMANDS = frozenset(command.value for command in Command if command.django)
+# Every list output with its count; a list that is None (not known) gives neither.
+_LISTS = ("applied", "faked", "unapplied", "pending")
+_LISTS_SHOWN = ("applied", "pending", "faked", "unapplied")  # fan-out table columns
 
 
 class Result(enum.StrEnum):
@@ -63,13 +76,21 @@ class RunResult:
     cancelled: bool = False
     output_tail: list[str] = dataclasses.field(default_factory=list)
     lock_wait: float | None = None
-    applied: list[str] | None = None  # recorded in django_migrations by this run, in order
+    # None: not known (the run did not get there, or the command's output held no state)
+    applied: list[str] | None = None  # recorded in django_migrations by this run and run, in order
+    faked: list[str] | None = None  # recorded by this run without running
+    unapplied: list[str] | None = None  # removed from django_migrations by this run
     pending: list[str] | None = None
     migrations: dict[str, list[Migration]] | None = None
     failed_migration: str | None = None
     drift: list[str] | None = None  # compare mode: how the runner's and the image's views differ
     database: str | None = None  # fan-out: the database this result is for
     targets: list[RunResult] | None = None  # fan-out: one result per database
+
+    @property
+    def state_unknown(self) -> bool:
+        """A Django command ran (or was started) and its migration state could not be read."""
+        return self.command in _DJANGO_COMMANDS and self.exit_code is not None and self.pending is None
 
     @property
     def process_exit_code(self) -> int:
@@ -81,15 +102,18 @@ class RunResult:
         return 1
 
 
+def _lists(run: RunResult) -> list[tuple[str, list[str]]]:
+    """The known lists of migrations, by output name; an unknown one is left out, so its count reads empty."""
+    return [(name, items) for name in _LISTS if (items := getattr(run, name)) is not None]
+
+
 def _target_outputs(run: RunResult) -> dict[str, object]:
     values: dict[str, object] = {"result": run.result.value, "exit-code": run.process_exit_code}
     values["duration-seconds"] = round(run.duration, 3)
     if run.server is not None:
         values["server-version"] = run.server.version
-    if run.applied is not None:
-        values |= {"applied-count": len(run.applied), "applied": run.applied}
-    if run.pending is not None:
-        values |= {"pending-count": len(run.pending), "pending": run.pending}
+    for name, items in _lists(run):
+        values |= {f"{name}-count": len(items), name: items}
     if run.lock_wait is not None:
         values["lock-wait-seconds"] = round(run.lock_wait, 3)
     if run.error is not None:
@@ -105,10 +129,10 @@ def _fan_out_outputs(run: RunResult) -> dict[str, str]:
         "duration-seconds": f"{run.duration:.3f}",
         "databases": json.dumps({target.database: _target_outputs(target) for target in targets}),
     }
-    if all(target.applied is not None for target in targets):
-        values["applied-count"] = str(sum(len(target.applied or []) for target in targets))
-    if all(target.pending is not None for target in targets):
-        values["pending-count"] = str(sum(len(target.pending or []) for target in targets))
+    for name in _LISTS:
+        known = [getattr(target, name) for target in targets]
+        if all(items is not None for items in known):
+            values[f"{name}-count"] = str(sum(len(items) for items in known))
     if run.image_digest:
         values["image-digest"] = run.image_digest
     return values
@@ -129,12 +153,9 @@ def outputs(run: RunResult) -> dict[str, str]:
         values["server-version"] = run.server.version
     if run.image_digest:
         values["image-digest"] = run.image_digest
-    if run.applied is not None:
-        values["applied-count"] = str(len(run.applied))
-        values["applied"] = json.dumps(run.applied)
-    if run.pending is not None:
-        values["pending-count"] = str(len(run.pending))
-        values["pending"] = json.dumps(run.pending)
+    for name, items in _lists(run):
+        values[f"{name}-count"] = str(len(items))
+        values[name] = json.dumps(items)
     if run.migrations is not None:
         values["migrations"] = json.dumps(as_json(run.migrations), separators=(",", ":"))
     if run.lock_wait is not None:
@@ -142,8 +163,36 @@ def outputs(run: RunResult) -> dict[str, str]:
     return values
 
 
-def _escape_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# Markdown that untrusted text could use to end a table cell, open a code span or a link, or escape our own.
+_INLINE_SPECIALS = re.compile(r"([\\`|\[\]])")
+_NOT_IN_CODE = re.compile(r"[<>&|]")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())  # every line break Python knows, not just \n
+
+
+def _text(text: str) -> str:
+    """Untrusted text as inline Markdown that renders as itself: no HTML, no cell break, no code span, no link."""
+    return _INLINE_SPECIALS.sub(r"\\\1", html.escape(_one_line(text), quote=False))
+
+
+def _code(text: str) -> str:
+    """Untrusted text as a code span, fenced longer than any backtick run in it; as escaped text if it cannot be one.
+
+    Inside a code span nothing can be escaped, so text with HTML or table syntax is not put there.
+    """
+    if not text or _NOT_IN_CODE.search(text) or _one_line(text) != text:
+        return _text(text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _pre(lines: list[str]) -> list[str]:
+    # An HTML <pre> block ends only at </pre>, which escaped text cannot contain: blank lines, fences
+    # and </details> in the output stay inside it.
+    return ["<pre>", *(html.escape(_one_line(line), quote=False) for line in lines), "</pre>"]
 
 
 def _targets_table(run: RunResult) -> list[str]:
@@ -154,68 +203,85 @@ def _targets_table(run: RunResult) -> list[str]:
         "",
         f"**{len(run.targets)} databases** over one SSH connection:",
         "",
-        "| database | result | applied | pending | lock wait | seconds | failure |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| database | result | applied | pending | faked | unapplied | lock wait | seconds | failure |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for target in run.targets:
-        applied = "" if target.applied is None else str(len(target.applied))
-        pending = "" if target.pending is None else str(len(target.pending))
+        known = dict(_lists(target))
+        counts = " | ".join(str(len(known[name])) if name in known else "unknown" for name in _LISTS_SHOWN)
         wait = "" if target.lock_wait is None else f"{target.lock_wait:.2f}"
         failure = ""
         if target.error is not None:
-            failure = f"{target.error.stage.value}: {_escape_cell(target.error.message)}"
+            failure = f"{target.error.stage.value}: {_text(target.error.message)}"
         lines.append(
-            f"| `{_escape_cell(target.database or '')}` | {icons[target.result]} {target.result.value} | {applied} "
-            f"| {pending} | {wait} | {target.duration:.2f} | {failure} |"
+            f"| {_code(target.database or '')} | {icons[target.result]} {target.result.value} | {counts} "
+            f"| {wait} | {target.duration:.2f} | {failure} |"
         )
     return lines
 
 
+def _changes(run: RunResult) -> str:
+    """One line: what this run changed and what is left, each count only where it is known."""
+    if run.applied is None:
+        return (
+            "**Migration state: unknown.** No migration state could be read (the command may not have "
+            "started, or printed none), so no counts are reported."
+        )
+    changed = [("applied", run.applied), ("faked", run.faked), ("unapplied", run.unapplied)]
+    told = [
+        f"{len(items)} {word} by this run"
+        for word, items in changed
+        if items or (word == "applied" and items is not None)
+    ]
+    pending = "pending unknown (the state after the run could not be read)"
+    if run.pending is not None:
+        pending = f"{len(run.pending)} pending"
+    return f"**Migrations:** {', '.join(told)}, {pending}."
+
+
 def _migrations_table(run: RunResult) -> list[str]:
     if run.migrations is None:
-        return []
-    applied_now = set(run.applied or [])
-    pending = len(run.pending or [])
-    lines = [
-        "",
-        f"**Migrations:** {len(applied_now)} applied by this run, {pending} pending.",
-        "",
-        "| app | migration | state |",
-        "|---|---|---|",
-    ]
-    marks = {State.APPLIED: "✓ applied", State.PENDING: "… pending", State.PARTIAL: "◐ partly applied (squashed)"}
+        return ["", _changes(run)] if run.state_unknown else []
+    lines = ["", _changes(run), "", "| app | migration | state |"]
+    lines.append("|---|---|---|")
+    marks = {
+        State.APPLIED: "✓ applied",
+        State.PENDING: "… pending",
+        State.PARTIAL: "◐ replaced migrations applied, squash not recorded yet",
+    }
+    by_this_run = dict.fromkeys(run.applied or [], "✅ applied by this run")
+    by_this_run |= dict.fromkeys(run.faked or [], "◌ faked by this run (recorded, not run)")
+    by_this_run |= dict.fromkeys(run.unapplied or [], "↩ unapplied by this run")
     for app, migrations in run.migrations.items():
         if not migrations:
-            lines.append(f"| {_escape_cell(app)} | (no migrations) | |")
+            lines.append(f"| {_text(app)} | (no migrations) | |")
         for migration in migrations:
-            state = marks[migration.state]
-            if migration.key in applied_now:
-                state = "✅ applied by this run"
-            lines.append(f"| {_escape_cell(app)} | `{_escape_cell(migration.name)}` | {state} |")
+            state = by_this_run.get(migration.key, marks[migration.state])
+            lines.append(f"| {_text(app)} | {_code(migration.name)} | {state} |")
     return lines
 
 
 def _facts(run: RunResult) -> list[str]:
     env = run.environment or "(no environment)"
-    rows = [("environment", _escape_cell(env)), ("mode", run.mode), ("command", f"`{run.command}`")]
+    rows = [("environment", _text(env)), ("mode", _text(run.mode)), ("command", _code(run.command))]
     if run.server:
         server = run.server
         before = "no django_migrations table" if server.applied_migrations is None else str(server.applied_migrations)
         described = (
-            f"PostgreSQL {server.version}, database `{_escape_cell(server.database)}` as "
-            f"`{_escape_cell(server.user)}`, SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
+            f"PostgreSQL {_text(server.version)}, database {_code(server.database)} as "
+            f"{_code(server.user)}, SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
         )
         rows += [("server", described), ("recorded migrations at probe", before)]
     if run.tunnel_port is not None:
         rows.append(("tunnel", f"127.0.0.1:{run.tunnel_port}"))
     if run.image:
-        rows += [("image", f"`{run.image}`"), ("image digest", f"`{run.image_digest or 'unknown'}`")]
+        rows += [("image", _code(run.image)), ("image digest", _code(run.image_digest or "unknown"))]
     if run.lock_wait is not None:
         rows.append(("migration lock", f"held after {run.lock_wait:.2f} s"))
     if run.exit_code is not None:
         rows.append(("command exit code", str(run.exit_code)))
     if run.failed_migration:
-        rows.append(("failed on", f"`{run.failed_migration}`"))
+        rows.append(("failed on", _code(run.failed_migration)))
     rows.append(("duration", f"{run.duration:.2f} s"))
     return ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
 
@@ -223,19 +289,17 @@ def _facts(run: RunResult) -> list[str]:
 def _outcome(run: RunResult) -> list[str]:
     lines = []
     if run.error and run.result is Result.PENDING:
-        lines += ["", f"**Pending:** {_escape_cell(run.error.message)}", "", f"Hint: {run.error.hint}"]
+        lines += ["", f"**Pending:** {_text(run.error.message)}", "", f"Hint: {_text(run.error.hint)}"]
     elif run.error:
-        lines += ["", f"**Failed in the `{run.error.stage.value}` stage:** {_escape_cell(run.error.message)}"]
+        lines += ["", f"**Failed in the `{run.error.stage.value}` stage:** {_text(run.error.message)}"]
         if run.error.hint:
-            lines += ["", f"Hint: {run.error.hint}"]
+            lines += ["", f"Hint: {_text(run.error.hint)}"]
         lines += ["", f"More: bastion-migrate's `{run.error.docs}`."]
     elif run.cancelled:
         lines += ["", "**Cancelled** before the run ended; every resource was released."]
     if run.output_tail and run.result is Result.FAILURE:
-        fence = "```"
-        lines += ["", f"<details><summary>Last {len(run.output_tail)} lines of output</summary>", "", fence]
-        lines += [line.replace(fence, "'''") for line in run.output_tail]
-        lines += [fence, "</details>"]
+        lines += ["", f"<details><summary>Last {len(run.output_tail)} lines of output</summary>", ""]
+        lines += [*_pre(run.output_tail), "", "</details>"]
     return lines
 
 
@@ -243,13 +307,13 @@ def summary(run: RunResult) -> str:
     """The step summary: what ran where, how it ended, the migrations, how long each stage took."""
     icon = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}[run.result]
     env = run.environment or "(no environment)"
-    lines = [f"### {icon} bastion-migrate: `{run.command}` on {_escape_cell(env)} — {run.result.value}", ""]
+    lines = [f"### {icon} bastion-migrate: {_code(run.command)} on {_text(env)} — {run.result.value}", ""]
     lines += _facts(run)
     lines += _targets_table(run)
     lines += _migrations_table(run)
     if run.drift:
         lines += ["", "**The runner and the image differ:**", ""]
-        lines += [f"- `{_escape_cell(line)}`" for line in run.drift]
+        lines += [f"- {_code(line)}" for line in run.drift]
     elif run.drift is not None:
         lines += ["", "Runner and image agree on every migration."]
     if run.timings:

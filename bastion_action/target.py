@@ -221,14 +221,15 @@ class _Database:
         """Structured results: what the database recorded, what Django printed."""
         settings, result = self.settings, self.result
         after = await session.snapshot()
-        planned = ""
+        planned = None
         assert result.exit_code is not None  # noqa: S101 - the command has ended
         if self.shared.runner is not None and outcome.needs_plan(settings.command, result.exit_code, settings.args):
             argv = [settings.app.manage_py, "migrate", "--plan"]
             code, plan = await self.follow_up(self.shared.runner, argv, "what is left: migrate --plan", opened)
             planned = plan if code == 0 else ""
-        found = outcome.interpret(settings.command, output, before, after, planned)
+        found = outcome.interpret(settings.command, output, before, after, planned, exit_code=result.exit_code)
         result.applied, result.migrations, result.pending = found.applied, found.migrations, found.pending
+        result.faked, result.unapplied = found.faked, found.unapplied
         result.failed_migration = found.failed_migration
         return found
 

@@ -36,7 +36,9 @@ def test_real_output(case: Path) -> None:
     else:
         assert kind == "migrate"
         parsed = migrations.parse_migrate(text)
+        assert parsed.ran
         assert parsed.applied == expected["applied"]
+        assert parsed.faked == expected.get("faked", [])
         assert parsed.failed == expected["failed"]
 
 

@@ -39,6 +39,7 @@ django.db.utils.ProgrammingError: relation "orders_order" already exists
 
 
 def states(found: outcome.Outcome) -> dict[str, list[tuple[str, State]]]:
+    assert found.migrations is not None
     return {app: [(m.name, m.state) for m in items] for app, items in found.migrations.items()}
 
 
@@ -81,6 +82,79 @@ def test_a_failed_migrate_names_the_migration_and_what_is_left() -> None:
     assert found.applied == ["catalog.0002_product_sku"]
     assert found.failed_migration == "orders.0001_initial"
     assert found.pending == ["orders.0001_initial"]
+
+
+def test_migrate_tells_faked_from_applied_in_the_order_recorded() -> None:
+    text = (
+        "Operations to perform:\n  Apply all migrations: catalog, orders\nRunning migrations:\n"
+        "  Applying catalog.0002_product_sku... FAKED\n  Applying orders.0001_initial... OK (0.010s)\n"
+    )
+    found = outcome.interpret(Command.MIGRATE, text, BEFORE, AFTER)
+    assert found.faked == ["catalog.0002_product_sku"]
+    assert found.applied == ["orders.0001_initial"]
+    assert found.unapplied == []
+    assert found.pending == []
+
+
+def test_migrate_to_an_earlier_target_reports_the_removed_rows_as_unapplied() -> None:
+    text = "Operations to perform:\n  Target specific migration: 0001_initial, from catalog\nRunning migrations:\n"
+    text += "  Unapplying orders.0001_initial... OK\n  Unapplying catalog.0002_product_sku... OK\n"
+    planned = "Planned operations:\ncatalog.0002_product_sku\n    Add field sku to product\n"
+    found = outcome.interpret(Command.MIGRATE, text, AFTER, BEFORE, planned)
+    assert found.unapplied == ["catalog.0002_product_sku", "orders.0001_initial"]  # as they had been recorded
+    assert found.applied == []
+    assert found.pending == ["catalog.0002_product_sku"]
+
+
+@pytest.mark.parametrize(
+    ("command", "output", "planned", "exit_code"),
+    [
+        pytest.param(Command.MIGRATE, "", None, 1, id="migrate-never-started"),
+        pytest.param(Command.MIGRATE, "", None, 0, id="migrate-printed-nothing"),
+        pytest.param(Command.MIGRATE, "python: can't open file 'manage.py'", "", 2, id="migrate-no-manage-py"),
+        pytest.param(Command.SHOWMIGRATIONS, "", None, 1, id="showmigrations-never-started"),
+        pytest.param(Command.SHOWMIGRATIONS, "catalog\nTraceback (most recent call last):\n", None, 1, id="crashed"),
+        pytest.param(Command.SHOWMIGRATIONS, "", None, 0, id="showmigrations-printed-nothing"),
+        pytest.param(Command.PLAN, "", None, 0, id="plan-printed-nothing"),
+        pytest.param(Command.CHECK, MIGRATE_PLAN, None, 1, id="check-failed"),
+    ],
+)
+def test_a_state_that_could_not_be_read_is_unknown_not_empty(
+    command: Command, output: str, planned: str | None, exit_code: int
+) -> None:
+    found = outcome.interpret(
+        command, output, BEFORE if command is Command.MIGRATE else None, BEFORE, planned, exit_code=exit_code
+    )
+    assert found == outcome.UNKNOWN
+
+
+def test_a_failed_migrate_whose_plan_could_not_be_read_knows_what_it_applied_not_what_is_left() -> None:
+    found = outcome.interpret(Command.MIGRATE, MIGRATE_FAILED, BEFORE, AFTER, "", exit_code=1)
+    assert found.applied == ["catalog.0002_product_sku", "orders.0001_initial"]
+    assert found.pending is None
+    assert found.migrations is None
+    assert found.failed_migration == "orders.0001_initial"
+
+
+@pytest.mark.parametrize("command", [Command.SHOWMIGRATIONS, Command.PLAN, Command.CHECK])
+def test_a_squash_left_to_finish_recording_is_not_pending_in_any_command(command: Command) -> None:
+    rows = [("catalog", "0001_initial"), ("catalog", "0002_product_sku")]
+    shown = {
+        Command.SHOWMIGRATIONS: (
+            "catalog\n [-] 0001_squashed_0002_product_sku (2 squashed migrations) "
+            "Run 'manage.py migrate' to finish recording.\n"
+        ),
+        Command.PLAN: "Planned operations:\n  No planned migration operations.\n",
+    }
+    found = outcome.interpret(command, shown.get(command, shown[Command.PLAN]), None, rows)
+    assert found.pending == []
+    assert outcome.verdict(command, ["manage.py"], 0, found) is None
+
+
+def test_check_that_could_not_read_the_plan_fails_rather_than_pass() -> None:
+    error = outcome.verdict(Command.CHECK, ["manage.py", "migrate", "--plan"], 0, outcome.UNKNOWN)
+    assert type(error) is CommandError
+    assert error.message == "`manage.py migrate --plan` printed no migration plan: the migration state is unknown"
 
 
 @pytest.mark.parametrize(
