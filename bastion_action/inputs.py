@@ -177,6 +177,14 @@ INPUTS: tuple[InputSpec, ...] = (
         in_file=True,
     ),
     InputSpec("lock-timeout", "Seconds to wait for the migration lock.", "300", in_file=True),
+    InputSpec(
+        "lock-lease-seconds",
+        "The migration lock is a lease: once held, the database ends the lock's session after this many seconds "
+        "without a word from the action (PostgreSQL 14+), so a vanished runner cannot hold it longer; the action "
+        "speaks every third of it.",
+        "60",
+        in_file=True,
+    ),
     InputSpec("image", "Docker mode: image reference; may carry its own :tag or @sha256: digest.", in_file=True),
     InputSpec("image-tag", "Docker mode: tag appended to image when it has none.", "latest", in_file=True),
     InputSpec(

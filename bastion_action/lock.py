@@ -25,7 +25,6 @@ from bastion_action.errors import LockError
 LOCK_NAMESPACE = int.from_bytes(b"bstn", "big")  # 1651733614, the first key of every lock the action takes
 LOCK_POLL_SECONDS = 0.5
 HEARTBEATS_PER_LEASE = 3
-LEASE_SECONDS = 60.0  # lock-lease-seconds' default
 IDLE_SESSION_TIMEOUT_SINCE = 140000  # server_version_num of PostgreSQL 14
 
 

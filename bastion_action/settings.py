@@ -161,6 +161,7 @@ class Settings:
     timeout: float
     lock: bool
     lock_timeout: float
+    lock_lease: float
     secrets: tuple[str, ...]
 
 
@@ -289,6 +290,16 @@ def _image_settings(read: Reader, pull: PullPolicy, *, token_filled: bool) -> Im
     )
 
 
+MIN_LEASE_SECONDS = 3.0  # a heartbeat every third of it: one second between them at least
+
+
+def _lease(read: Reader) -> float:
+    lease = read.seconds("lock-lease-seconds")
+    if lease < MIN_LEASE_SECONDS:
+        raise input_error("lock-lease-seconds", f"a number of seconds, at least {MIN_LEASE_SECONDS:g}", str(lease))
+    return lease
+
+
 def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
     """Raw inputs -> one validated ``Settings``; raises ``SettingsError`` naming the input."""
     environ = os.environ if environ is None else environ
@@ -362,5 +373,6 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         timeout=read.seconds("timeout"),
         lock=lock,
         lock_timeout=read.seconds("lock-timeout"),
+        lock_lease=_lease(read),
         secrets=secrets,
     )

@@ -22,7 +22,7 @@ from bastion_action.clock import Clock
 from bastion_action.errors import PendingMigrationsError, Stage, TunnelError
 from bastion_action.gha import Console
 from bastion_action.launch import Launched, launch
-from bastion_action.lock import LEASE_SECONDS, Lease, lock_keys
+from bastion_action.lock import Lease, lock_keys
 from bastion_action.report import TAIL_LINES, Result, RunResult
 from bastion_action.runners import Runner, command_argv, title
 from bastion_action.settings import Command, DatabaseSettings, Settings
@@ -174,7 +174,7 @@ class _Database:
     async def lock(self, session: database.Session, opened: tunnel.Tunnel) -> None:
         settings = self.settings
         with self.clock.stage_of(Stage.LOCK):
-            waited = await while_tunnel_up(session.lock(settings.lock_timeout, LEASE_SECONDS, self.say), opened)
+            waited = await while_tunnel_up(session.lock(settings.lock_timeout, settings.lock_lease, self.say), opened)
         self.result.lock_wait = waited
         key1, key2 = lock_keys(self.target.db.name)
         lease = session.lease

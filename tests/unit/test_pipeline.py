@@ -20,7 +20,7 @@ from factories import make_settings
 from local_postgres import Postgres, running_postgres
 from sshd import SSHD, pending_tasks, refuses
 
-from bastion_action import lock, pipeline, target
+from bastion_action import lock, pipeline
 from bastion_action.clock import Clock
 from bastion_action.errors import (
     CommandError,
@@ -594,15 +594,12 @@ async def test_a_lost_lock_stops_the_command_and_cuts_its_connections(sshd, post
     await nothing_left(run.tunnel_port)
 
 
-async def test_the_lease_is_kept_alive_past_its_length_and_bound_on_the_server(
-    sshd, postgres, databases, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(target, "LEASE_SECONDS", 1.2)
+async def test_the_lease_is_kept_alive_past_its_length_and_bound_on_the_server(sshd, postgres, databases) -> None:
     name = await databases()
     seen: list[str] = []
 
     async def long_and_quiet(connection: asyncpg.Connection, emit: Emit) -> int:
-        await asyncio.sleep(3)  # 2.5 leases without a word from the command
+        await asyncio.sleep(7)  # more than two leases without a word from the command
         pid = await lock_holder_pid(postgres, name)
         admin = await asyncpg.connect(postgres.dsn(name))
         try:
@@ -612,11 +609,11 @@ async def test_the_lease_is_kept_alive_past_its_length_and_bound_on_the_server(
         return await apply_migrations(connection, emit)
 
     out = io.StringIO()
-    parsed = make_settings(**inputs(sshd, postgres, name))
+    parsed = make_settings(**inputs(sshd, postgres, name, lock_lease_seconds="3"))
     run = await pipeline.execute(parsed, Console({}, stream=out), runner=ScriptedRunner(long_and_quiet))
     assert run.result is Result.SUCCESS, run.error
     assert seen == ["idle"]  # the lock's session is alive, idle between heartbeats
-    assert "as a 1.2 s lease (the server ends it if the action goes silent)" in out.getvalue()
+    assert "as a 3 s lease (the server ends it if the action goes silent)" in out.getvalue()
 
 
 async def test_a_session_ended_while_waiting_for_the_lock_is_a_lock_failure(sshd, postgres, databases) -> None:
