@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import sys
+import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from factories import make_settings
 
+from bastion_action import launch as launch_module
 from bastion_action.errors import CommandError, SettingsError
-from bastion_action.output import LineSplitter
-from bastion_action.runners import command_argv, command_env, local, title
+from bastion_action.gha import Console
+from bastion_action.output import LINE_HEAD, LineSplitter, cut_marker
+from bastion_action.runners import Output, command_argv, command_env, local, title
 from bastion_action.runners import docker as docker_runner
 
 URL = "postgresql://migrator:x@127.0.0.1:40001/app?sslmode=prefer"
+MIB = 1 << 20
 
 
 class Collected:
@@ -148,6 +154,65 @@ async def test_the_local_runner_runs_python_manage_py_with_the_url(tmp_path: Pat
     code, shown = await run_local(tmp_path, environ)
     assert code == 3
     assert shown == ["argv showmigrations", f"url {URL}", "inputs []", "no newline at the end"]
+
+
+async def test_a_50_mb_line_is_read_to_the_real_exit_code_in_bounded_memory(tmp_path: Path) -> None:
+    script = "import sys; sys.stdout.write('before\\n' + 'x' * 50_000_000 + '\\nafter\\n'); sys.exit(3)"
+    output = Collected()
+    tracemalloc.start()
+    try:
+        code = await local.run([sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ), output=output)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 3
+    assert output.close() == ["before", "x" * LINE_HEAD + cut_marker(50_000_000 - LINE_HEAD), "after"]
+    assert output.largest <= local.READ_CHUNK
+    assert peak < 2 * MIB, peak  # measured: about 0.5 MiB
+
+
+class Script:
+    """A ``Runner`` for ``launch()``: a Python script run by ``local.run``."""
+
+    where = ""
+
+    def __init__(self, cwd: Path, code: str) -> None:
+        self.cwd = cwd
+        self.code = code
+
+    def interpreter(self) -> str:
+        return sys.executable
+
+    async def ready(self) -> None:
+        return
+
+    async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:  # noqa: ARG002 - the protocol
+        return await local.run([sys.executable, "-c", self.code], cwd=self.cwd, env=dict(os.environ), output=output)
+
+
+async def test_a_partial_line_is_shown_while_the_command_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launch_module, "PARTIAL_LINE_DELAY", 0.05)
+    go = tmp_path / "go"
+    script = (
+        "import os, sys, time\n"
+        "sys.stdout.write('  Applying orders.0003_big...'); sys.stdout.flush()\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+        "print(' OK')\n"
+    )
+    stream = io.StringIO()
+    launched = launch_module.launch(Console({}, stream), Script(tmp_path, script), [], "migrate", database_url=URL)
+    waiting = asyncio.ensure_future(launched.wait())
+    for _ in range(1000):  # at most 10 s
+        if "  Applying orders.0003_big...\n" in stream.getvalue():
+            break
+        await asyncio.sleep(0.01)
+    assert not waiting.done()  # shown while the command waits for us
+    go.touch()
+    assert await asyncio.wait_for(waiting, 10) == 0
+    assert stream.getvalue().splitlines() == ["== migrate", "  Applying orders.0003_big...", "… OK"]
+    assert list(launched.output) == ["  Applying orders.0003_big... OK"]
 
 
 async def test_a_command_killed_by_a_signal_exits_as_a_shell_reports_it(tmp_path: Path) -> None:
