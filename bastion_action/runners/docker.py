@@ -190,10 +190,12 @@ class DockerRunner:
             unreachable = self._unreachable(exc)
             raise CommandError(unreachable.message, hint=unreachable.hint, anchor="docker-daemon") from exc
         try:
-            await container.start()
-            # Log frames are pieces of the output, not lines (the daemon cuts a long line into 16 KiB messages).
-            async for chunk in container.log(stdout=True, stderr=True, follow=True):
-                output.feed(chunk)
+            # Attached before it starts, nothing is missed; and attached rather than following its log, as
+            # `docker run` does, its output comes as written (the log holds an unfinished line back).
+            async with container.attach(stdout=True, stderr=True) as stream:
+                await container.start()
+                while message := await stream.read_out():
+                    output.feed(message.data)
             result = await container.wait()
             return int(result["StatusCode"])
         finally:
