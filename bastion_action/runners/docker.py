@@ -165,7 +165,7 @@ class DockerRunner:
         labels: Mapping[str, str],
         output: Output,
     ) -> int:
-        """Run ``argv`` in the image with host networking; stream its log; always remove it."""
+        """Run ``argv`` in the image with host networking; stream its output; always remove it."""
         network = await self.network_mode()
         config: JSONObject = {
             "Image": image.image_id,
