@@ -113,8 +113,8 @@ class Launched:
         partial = self._lines.partial
         self._follow_migration(partial, finished=False)
         if partial[self._shown :]:
-            # A secret is written in one piece, never with a pause in its middle: waiting for quiet
-            # means a shown piece does not end inside one, so redacting each piece still hides it.
+            # Each shown piece is redacted on its own, so a secret cut between two pieces would escape.
+            # Programs write a secret in one go: waiting for quiet makes such a cut unlikely, not impossible.
             self.console.line(CONTINUED + partial[self._shown :] if self._shown else partial)
             self._shown = len(partial)
 
