@@ -10,15 +10,24 @@ Both run the same command line (``command_argv``) with the same environment
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from bastion_action.settings import AppSettings, Command, Settings
 
 
+class Output(Protocol):
+    """Where a runner sends what the command prints, as it arrives."""
+
+    def feed(self, chunk: bytes | str) -> None:
+        """A piece of the command's output (stdout and stderr merged), of any size, cut anywhere."""
+
+    def note(self, line: str) -> None:
+        """A line of the runner's own, shown among the command's output but not part of it."""
+
+
 class Runner(Protocol):
-    """Runs one command line to its end; ``tail`` keeps its last lines, ``on_line`` sees each as it comes."""
+    """Runs one command line to its end, sending its output to ``output`` as it comes."""
 
     @property
     def where(self) -> str:
@@ -35,8 +44,7 @@ class Runner(Protocol):
         argv: Sequence[str],
         *,
         database_url: str,
-        on_line: Callable[[str], None],
-        tail: collections.deque[str],
+        output: Output,
     ) -> int:
         """Run ``argv`` (``manage.py ...`` after this place's interpreter, or a custom command line)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import re
@@ -18,7 +17,7 @@ from aiodocker.types import JSONObject
 
 from bastion_action import aio
 from bastion_action.errors import CommandError, PullError
-from bastion_action.runners import command_env, with_interpreter
+from bastion_action.runners import Output, command_env, with_interpreter
 from bastion_action.settings import ImageSettings, Mode, PullPolicy, Settings
 
 LABEL_PREFIX = "io.github.bastion-migrate"
@@ -164,10 +163,9 @@ class DockerRunner:
         *,
         env: Mapping[str, str],
         labels: Mapping[str, str],
-        on_line: Callable[[str], None],
-        tail: collections.deque[str],
+        output: Output,
     ) -> int:
-        """Run ``argv`` in the image with host networking; stream its log; always remove it."""
+        """Run ``argv`` in the image with host networking; stream its output; always remove it."""
         network = await self.network_mode()
         config: JSONObject = {
             "Image": image.image_id,
@@ -180,7 +178,7 @@ class DockerRunner:
             "HostConfig": {"NetworkMode": network, "Init": True},
         }
         name = f"bastion-migrate-{uuid.uuid4().hex[:12]}"
-        on_line(f"container {name}: network {network}")
+        output.note(f"container {name}: network {network}")
         try:
             container = await self.docker.containers.create(config=config, name=name)
         except aiodocker.DockerError as exc:
@@ -192,10 +190,12 @@ class DockerRunner:
             unreachable = self._unreachable(exc)
             raise CommandError(unreachable.message, hint=unreachable.hint, anchor="docker-daemon") from exc
         try:
-            await container.start()
-            async for line in _lines(container.log(stdout=True, stderr=True, follow=True)):
-                tail.append(line)
-                on_line(line)
+            # Attached before it starts, nothing is missed; and attached rather than following its log, as
+            # `docker run` does, its output comes as written (the log holds an unfinished line back).
+            async with container.attach(stdout=True, stderr=True) as stream:
+                await container.start()
+                while message := await stream.read_out():
+                    output.feed(message.data)
             result = await container.wait()
             return int(result["StatusCode"])
         finally:
@@ -227,14 +227,13 @@ class ImageRunner:
         argv: Sequence[str],
         *,
         database_url: str,
-        on_line: Callable[[str], None],
-        tail: collections.deque[str],
+        output: Output,
     ) -> int:
         image = await asyncio.shield(self.image)  # one database's end must not cancel the others' pull
         env = command_env(self.settings.app, database_url, {})
         labels = {"environment": self.settings.environment, "command": self.settings.command.value}
         argv = with_interpreter(self.settings, self.interpreter(), argv)
-        return await self.daemon.run(image, argv, env=env, labels=labels, on_line=on_line, tail=tail)
+        return await self.daemon.run(image, argv, env=env, labels=labels, output=output)
 
 
 def daemon_address(docker: aiodocker.Docker) -> str:
@@ -277,18 +276,6 @@ def _progress_line(event: Mapping[str, Any], layers: dict[str, str]) -> str | No
         layers[str(layer)] = status
         return f"{layer}: {status}"
     return None
-
-
-async def _lines(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Docker log frames are not lines; re-split them."""
-    pending = ""
-    async for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split("\n")
-        for line in complete:
-            yield line.rstrip("\r")
-    if pending:
-        yield pending.rstrip("\r")
 
 
 @contextlib.asynccontextmanager

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ctypes
 import dataclasses
 import os
 import shutil
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bastion_action.errors import CommandError, SettingsError
-from bastion_action.runners import command_env, with_interpreter
+from bastion_action.runners import Output, command_env, with_interpreter
 from bastion_action.settings import Command, Settings
 
 TERMINATE_GRACE_SECONDS = 5.0
 _PR_SET_CHILD_SUBREAPER = 36
-_LINE_LIMIT = 1 << 20  # a long traceback line must not break the stream
+# Read at most this much at once: lines are found by the output's consumer, so no line is too long to read,
+# and the pipe is emptied as fast as the command fills it.
+READ_CHUNK = 64 * 1024
 
 
 def resolve_python(python: str, working_directory: Path) -> str:
@@ -68,12 +69,11 @@ class LocalRunner:
         argv: Sequence[str],
         *,
         database_url: str,
-        on_line: Callable[[str], None],
-        tail: collections.deque[str],
+        output: Output,
     ) -> int:
         env = command_env(self.settings.app, database_url, self.environ)
         argv = with_interpreter(self.settings, self.python, argv)
-        return await run(argv, cwd=self.settings.app.working_directory, env=env, on_line=on_line, tail=tail)
+        return await run(argv, cwd=self.settings.app.working_directory, env=env, output=output)
 
 
 def prepare(settings: Settings, environ: Mapping[str, str]) -> LocalRunner:
@@ -138,10 +138,9 @@ async def run(
     *,
     cwd: Path,
     env: Mapping[str, str],
-    on_line: Callable[[str], None],
-    tail: collections.deque[str],
+    output: Output,
 ) -> int:
-    """Run ``argv``; every output line goes to ``on_line`` and ``tail``. Returns the exit code.
+    """Run ``argv``; its output goes to ``output`` as it arrives, in chunks. Returns the exit code.
 
     The child gets its own process group; whatever ends this coroutine
     (completion, cancellation, timeout) leaves no process of that group behind.
@@ -155,16 +154,14 @@ async def run(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            limit=_LINE_LIMIT,
+            limit=READ_CHUNK,
         )
     except OSError as exc:
         raise CommandError(f"cannot start {argv[0]}: {exc.strerror}", hint="Check the 'python' input.") from exc
     try:
         assert process.stdout is not None  # noqa: S101 - PIPE was requested
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            tail.append(line)
-            on_line(line)
+        while chunk := await process.stdout.read(READ_CHUNK):
+            output.feed(chunk)
         code = await process.wait()
         return 128 - code if code < 0 else code  # killed by signal n: 128+n, as a shell reports it
     finally:

@@ -7,7 +7,6 @@ The runner stands in for Django: it connects through the gate with asyncpg, reco
 from __future__ import annotations
 
 import asyncio
-import collections
 import io
 import time
 import uuid
@@ -33,6 +32,7 @@ from bastion_action.errors import (
 )
 from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult
+from bastion_action.runners import Output
 from bastion_action.runners import docker as docker_runner
 
 MIGRATIONS = [("catalog", "0001_initial"), ("catalog", "0002_product_sku"), ("orders", "0001_initial")]
@@ -108,20 +108,18 @@ class ScriptedRunner:
     async def ready(self) -> None:
         return
 
-    async def run(self, argv: Sequence[str], *, database_url: str, on_line: Emit, tail: collections.deque[str]) -> int:
+    async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:
         self.argvs.append(list(argv))
         if self.plan is not None and "--plan" in argv:
             for line in self.plan:
-                on_line(line)
-                tail.append(line)
+                output.feed(line + "\n")
             return 0
         self.started.append(time.monotonic())
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
 
         def emit(line: str) -> None:
-            tail.append(line)
-            on_line(line)
+            output.feed(line + "\n")
 
         try:
             connection = await asyncpg.connect(database_url, timeout=30)

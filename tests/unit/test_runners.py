@@ -3,21 +3,49 @@
 from __future__ import annotations
 
 import asyncio
-import collections
+import io
 import os
 import signal
 import sys
+import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from factories import make_settings
 
+from bastion_action import launch as launch_module
 from bastion_action.errors import CommandError, SettingsError
-from bastion_action.runners import command_argv, command_env, local, title
+from bastion_action.gha import Console
+from bastion_action.output import LINE_HEAD, LineSplitter, cut_marker
+from bastion_action.runners import Output, command_argv, command_env, local, title
 from bastion_action.runners import docker as docker_runner
 
 URL = "postgresql://migrator:x@127.0.0.1:40001/app?sslmode=prefer"
+MIB = 1 << 20
+
+
+class Collected:
+    """An ``Output`` that splits what it is fed into ``lines``, noting the largest chunk."""
+
+    def __init__(self) -> None:
+        self.splitter = LineSplitter()
+        self.lines: list[str] = []
+        self.largest = 0
+        self.seen = asyncio.Event()
+
+    def feed(self, chunk: bytes | str) -> None:
+        self.largest = max(self.largest, len(chunk))
+        self.lines += self.splitter.feed(chunk)
+        self.seen.set()
+
+    def note(self, line: str) -> None:
+        self.lines.append(line)
+
+    def close(self) -> list[str]:
+        self.lines += self.splitter.close()
+        return self.lines
 
 
 @pytest.mark.parametrize(
@@ -113,28 +141,84 @@ sys.exit(int(os.environ.get("EXIT", "0")))
 """
 
 
-async def run_local(tmp_path: Path, environ: dict[str, str], **overrides: str) -> tuple[int, list[str], list[str]]:
+async def run_local(tmp_path: Path, environ: dict[str, str], **overrides: str) -> tuple[int, list[str]]:
     (tmp_path / "manage.py").write_text(MANAGE_PY)
     runner = local.prepare(make_settings(tmp_path, python=sys.executable, **overrides), environ)
-    shown: list[str] = []
-    tail: collections.deque[str] = collections.deque(maxlen=3)
-    code = await runner.run(["manage.py", "showmigrations"], database_url=URL, on_line=shown.append, tail=tail)
-    return code, shown, list(tail)
+    output = Collected()
+    code = await runner.run(["manage.py", "showmigrations"], database_url=URL, output=output)
+    return code, output.close()
 
 
 async def test_the_local_runner_runs_python_manage_py_with_the_url(tmp_path: Path) -> None:
     environ = {"PATH": os.environ["PATH"], "INPUT_SSH_PASSWORD": "pw", "EXIT": "3"}
-    code, shown, tail = await run_local(tmp_path, environ)
+    code, shown = await run_local(tmp_path, environ)
     assert code == 3
     assert shown == ["argv showmigrations", f"url {URL}", "inputs []", "no newline at the end"]
-    assert tail == shown[-3:]
+
+
+async def test_a_50_mb_line_is_read_to_the_real_exit_code_in_bounded_memory(tmp_path: Path) -> None:
+    script = "import sys; sys.stdout.write('before\\n' + 'x' * 50_000_000 + '\\nafter\\n'); sys.exit(3)"
+    output = Collected()
+    tracemalloc.start()
+    try:
+        code = await local.run([sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ), output=output)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 3
+    assert output.close() == ["before", "x" * LINE_HEAD + cut_marker(50_000_000 - LINE_HEAD), "after"]
+    assert output.largest <= local.READ_CHUNK
+    assert peak < 2 * MIB, peak  # measured: about 0.5 MiB
+
+
+class Script:
+    """A ``Runner`` for ``launch()``: a Python script run by ``local.run``."""
+
+    where = ""
+
+    def __init__(self, cwd: Path, code: str) -> None:
+        self.cwd = cwd
+        self.code = code
+
+    def interpreter(self) -> str:
+        return sys.executable
+
+    async def ready(self) -> None:
+        return
+
+    async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:  # noqa: ARG002 - the protocol
+        return await local.run([sys.executable, "-c", self.code], cwd=self.cwd, env=dict(os.environ), output=output)
+
+
+async def test_a_partial_line_is_shown_while_the_command_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launch_module, "PARTIAL_LINE_DELAY", 0.05)
+    go = tmp_path / "go"
+    script = (
+        "import os, sys, time\n"
+        "sys.stdout.write('  Applying orders.0003_big...'); sys.stdout.flush()\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+        "print(' OK')\n"
+    )
+    stream = io.StringIO()
+    launched = launch_module.launch(Console({}, stream), Script(tmp_path, script), [], "migrate", database_url=URL)
+    waiting = asyncio.ensure_future(launched.wait())
+    for _ in range(1000):  # at most 10 s
+        if "  Applying orders.0003_big...\n" in stream.getvalue():
+            break
+        await asyncio.sleep(0.01)
+    assert not waiting.done()  # shown while the command waits for us
+    go.touch()
+    assert await asyncio.wait_for(waiting, 10) == 0
+    assert stream.getvalue().splitlines() == ["== migrate", "  Applying orders.0003_big...", "… OK"]
+    assert list(launched.output) == ["  Applying orders.0003_big... OK"]
 
 
 async def test_a_command_killed_by_a_signal_exits_as_a_shell_reports_it(tmp_path: Path) -> None:
     script = tmp_path / "die.py"
     script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
-    tail: collections.deque[str] = collections.deque()
-    code = await local.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ), on_line=print, tail=tail)
+    code = await local.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ), output=Collected())
     assert code == 128 + signal.SIGKILL
 
 
@@ -156,17 +240,11 @@ async def test_cancelling_a_command_ends_its_whole_process_group(tmp_path: Path)
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
-    ready = asyncio.Event()
-    tail: collections.deque[str] = collections.deque()
-
-    def on_line(line: str) -> None:
-        if line == "ready":
-            ready.set()
-
+    output = Collected()
     running = asyncio.ensure_future(
-        local.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ), on_line=on_line, tail=tail)
+        local.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ), output=output)
     )
-    await asyncio.wait_for(ready.wait(), 10)
+    await asyncio.wait_for(output.seen.wait(), 10)
     parent, child = map(int, pids.read_text().split())
     assert alive(parent)
     assert alive(child)
@@ -183,9 +261,8 @@ async def test_cancelling_a_command_ends_its_whole_process_group(tmp_path: Path)
 
 
 async def test_a_command_that_cannot_start_is_a_command_error(tmp_path: Path) -> None:
-    tail: collections.deque[str] = collections.deque()
     with pytest.raises(CommandError) as info:
-        await local.run([str(tmp_path / "missing")], cwd=tmp_path, env={}, on_line=print, tail=tail)
+        await local.run([str(tmp_path / "missing")], cwd=tmp_path, env={}, output=Collected())
     assert info.value.message == f"cannot start {tmp_path / 'missing'}: No such file or directory"
 
 
@@ -197,7 +274,7 @@ class FakeDaemon:
 
     async def run(self, image: docker_runner.PreparedImage, argv: list[str], **kwargs: Any) -> int:
         self.calls.append({"image": image, "argv": argv, **kwargs})
-        kwargs["on_line"]("migrated")
+        kwargs["output"].feed("migrated\n")
         return 0
 
 
@@ -209,10 +286,8 @@ async def test_the_image_runner_waits_for_the_pull_and_uses_the_images_interpret
     daemon = FakeDaemon()
     pulled: asyncio.Future[docker_runner.PreparedImage] = asyncio.get_running_loop().create_future()
     runner = docker_runner.ImageRunner(daemon, pulled, parsed)  # type: ignore[arg-type]
-    shown: list[str] = []
-    running = asyncio.ensure_future(
-        runner.run(["manage.py", "showmigrations"], database_url=URL, on_line=shown.append, tail=collections.deque())
-    )
+    output = Collected()
+    running = asyncio.ensure_future(runner.run(["manage.py", "showmigrations"], database_url=URL, output=output))
     await asyncio.sleep(0.05)
     assert daemon.calls == []  # no container before the image is there
     image = docker_runner.PreparedImage(image_id="sha256:" + "1" * 64, digest=None, pulled=True)
@@ -224,16 +299,14 @@ async def test_the_image_runner_waits_for_the_pull_and_uses_the_images_interpret
     assert call["env"]["DATABASE_URL"] == URL
     assert "PATH" not in call["env"]  # the runner's environment stays on the runner
     assert call["labels"] == {"environment": "dev", "command": "showmigrations"}
-    assert shown == ["migrated"]
+    assert output.lines == ["migrated"]
 
 
 async def test_one_database_ending_does_not_cancel_the_shared_pull() -> None:
     parsed = make_settings(mode="docker", image="reg.example.com/app:1")
     pulled: asyncio.Future[docker_runner.PreparedImage] = asyncio.get_running_loop().create_future()
     runner = docker_runner.ImageRunner(FakeDaemon(), pulled, parsed)  # type: ignore[arg-type]
-    waiting = asyncio.ensure_future(
-        runner.run(["manage.py"], database_url=URL, on_line=print, tail=collections.deque())
-    )
+    waiting = asyncio.ensure_future(runner.run(["manage.py"], database_url=URL, output=Collected()))
     await asyncio.sleep(0.01)
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
@@ -268,14 +341,6 @@ def test_pull_errors_are_classified(message: str, anchor: str, start: str) -> No
     error = docker_runner._classify(message, "reg:5000/app:1", "reg:5000")
     assert error.anchor == anchor
     assert error.message.startswith(start)
-
-
-async def test_docker_log_frames_are_split_into_lines() -> None:
-    async def frames():
-        for chunk in ["one\ntw", "o\r\nthr", "ee"]:
-            yield chunk
-
-    assert [line async for line in docker_runner._lines(frames())] == ["one", "two", "three"]
 
 
 async def test_the_daemon_is_named_by_the_address_it_was_given(tmp_path: Path) -> None:
