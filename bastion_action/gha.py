@@ -30,6 +30,7 @@ from typing import TextIO
 from bastion_action.errors import ActionError
 
 TITLE = "bastion-migrate"
+SUMMARY_BYTES = 1000 * 1024  # GitHub refuses a step summary over 1 MiB
 
 # The runner's own rule for output names (letters, digits, `-`, `_`; no leading digit or `-`).
 _OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -63,6 +64,16 @@ def output_record(name: str, value: str) -> str:
     return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
 
 
+def within_summary_limit(markdown: str) -> str:
+    """The summary, cut at a line so that GitHub accepts it (a huge fan-out or migration table)."""
+    data = markdown.encode("utf-8")
+    if len(data) <= SUMMARY_BYTES:
+        return markdown
+    note = "\n\n**The summary was cut here: GitHub takes at most 1 MiB.** The outputs hold the whole state.\n"
+    kept = data[: SUMMARY_BYTES - len(note.encode())].decode("utf-8", "ignore")
+    return kept[: kept.rfind("\n") + 1] + note
+
+
 class Console:
     """Masks, redacts, and writes log lines, annotations, outputs and the summary."""
 
@@ -81,6 +92,21 @@ class Console:
         if self.github:
             for value in new:
                 self._command(command("add-mask", value))
+
+    def safe_length(self, text: str) -> int:
+        """How much of ``text`` may be shown when the rest follows later or never (a line shown in pieces,
+        or cut short): no secret may be split at the end, where redaction could not see it whole."""
+        cut = len(text)
+        changed = True
+        while changed:
+            changed = False
+            for secret in self._secrets:
+                for size in range(min(len(secret) - 1, cut), 0, -1):
+                    if text.startswith(secret[:size], cut - size):
+                        cut -= size
+                        changed = True
+                        break
+        return cut
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
@@ -164,7 +190,7 @@ class Console:
 
     def summary(self, markdown: str) -> None:
         path = self._environ.get("GITHUB_STEP_SUMMARY")
-        text = self.redact(markdown)
+        text = within_summary_limit(self.redact(markdown))  # cut after redaction: no secret is cut in half
         if path:
             with Path(path).open("a", encoding="utf-8") as file:
                 file.write(text + "\n")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from bastion_action import aio
 from bastion_action.gha import Console
-from bastion_action.output import HeadAndTail, LineSplitter, Tail
+from bastion_action.output import HeadAndTail, LineSplitter, Tail, cut_line, cut_marker
 from bastion_action.runners import Runner
 
 OUTPUT_LINES = 100_000  # kept for parsing; a command printing more is cut at the front
@@ -96,6 +96,7 @@ class Launched:
             self._held.append(line)
 
     def _complete(self, line: str) -> None:
+        line = self._secret_safe(line)
         self.output.append(line)
         self._follow_migration(line)
         shown, self._shown = self._shown, 0
@@ -103,6 +104,15 @@ class Launched:
             self._show(line)
         elif line[shown:]:
             self._show(CONTINUED + line[shown:])
+
+    def _secret_safe(self, line: str) -> str:
+        """A line cut short (output.py keeps a long line's head) must not end inside a secret."""
+        cut = cut_line(line)
+        if cut is None:
+            return line
+        head, more = cut
+        safe = self.console.safe_length(head)
+        return head[:safe] + cut_marker(more + len(head) - safe)
 
     def _show_partial(self) -> None:
         self._partial_timer = None
@@ -112,11 +122,11 @@ class Launched:
             return
         partial = self._lines.partial
         self._follow_migration(partial, finished=False)
-        if partial[self._shown :]:
-            # Each shown piece is redacted on its own, so a secret cut between two pieces would escape.
-            # Programs write a secret in one go: waiting for quiet makes such a cut unlikely, not impossible.
-            self.console.line(CONTINUED + partial[self._shown :] if self._shown else partial)
-            self._shown = len(partial)
+        # Each shown piece is redacted on its own: a piece never ends inside what could be a secret's start.
+        safe = self.console.safe_length(partial)
+        if safe > self._shown:
+            self.console.line(CONTINUED + partial[self._shown : safe] if self._shown else partial[:safe])
+            self._shown = safe
 
     def go_live(self) -> None:
         if self._live:

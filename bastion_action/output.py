@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import re
 from collections.abc import Iterator
 
 LINE_HEAD = 64 * 1024  # characters kept of one line; a traceback's longest lines fit
@@ -17,6 +18,17 @@ LINE_HEAD = 64 * 1024  # characters kept of one line; a traceback's longest line
 
 def cut_marker(count: int) -> str:
     return f" … [{count:,} more characters of this line not shown]"
+
+
+_CUT = re.compile(r"(.*) … \[([0-9,]+) more characters of this line not shown\]", re.DOTALL)
+
+
+def cut_line(line: str) -> tuple[str, int] | None:
+    """A line ``LineSplitter`` cut short: its head and how many characters were dropped; None if whole."""
+    if not line.endswith(" not shown]"):
+        return None
+    cut = _CUT.fullmatch(line)
+    return None if cut is None else (cut[1], int(cut[2].replace(",", "")))
 
 
 class LineSplitter:

@@ -13,6 +13,7 @@ from bastion_action.migrations import Migration, State, as_json
 from bastion_action.settings import Command
 
 TAIL_LINES = 30
+TAIL_LINE_CHARS = 2000  # a summary line of output (redacted before it gets here); the log has the whole line
 
 OUTPUTS: dict[str, str] = {
     "result": "success | failure | pending",
@@ -189,10 +190,16 @@ def _code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def _clipped(line: str) -> str:
+    if len(line) <= TAIL_LINE_CHARS:
+        return line
+    return f"{line[:TAIL_LINE_CHARS]}… [{len(line) - TAIL_LINE_CHARS:,} more characters]"
+
+
 def _pre(lines: list[str]) -> list[str]:
     # An HTML <pre> block ends only at </pre>, which escaped text cannot contain: blank lines, fences
     # and </details> in the output stay inside it.
-    return ["<pre>", *(html.escape(_one_line(line), quote=False) for line in lines), "</pre>"]
+    return ["<pre>", *(html.escape(_one_line(_clipped(line)), quote=False) for line in lines), "</pre>"]
 
 
 def _targets_table(run: RunResult) -> list[str]:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import runner_commands, with_docker
+from support import admin_sql, assert_failed_in, runner_commands, with_docker
 
 from bastion_action.report import OUTPUTS
 
@@ -105,3 +105,21 @@ def test_a_migration_named_with_a_newline_and_a_command_forges_nothing(action, b
     assert set(run.outputs) <= set(OUTPUTS)
     assert f"catalog.{name}" in json.loads(run.outputs["applied"])
     assert Path(project / "catalog" / "migrations" / f"{name}.py").is_file()
+
+
+def test_a_role_that_may_not_read_django_migrations_fails_the_probe_naming_it(action, base_inputs, lab, fresh_db):
+    role = f"ro_{fresh_db}"
+    admin_sql(lab, f"CREATE ROLE {role} LOGIN PASSWORD 'Ro-pass:1'")
+    try:
+        admin_sql(lab, f"GRANT CONNECT ON DATABASE {fresh_db} TO {role}")
+        admin_sql(lab, "CREATE TABLE django_migrations (id serial PRIMARY KEY, app text, name text)", fresh_db)
+        run = action({**base_inputs, "db-user": role, "db-password": "Ro-pass:1"})
+    finally:
+        admin_sql(lab, f'DROP DATABASE IF EXISTS "{fresh_db}" WITH (FORCE)')
+        admin_sql(lab, f"DROP ROLE IF EXISTS {role}")
+    assert_failed_in(run, "probe")
+    assert run.annotations[0].startswith(
+        f"::error title=bastion-migrate%3A probe failed::user '{role}' lacks a privilege reading the server's "
+        f"facts in database '{fresh_db}': permission denied for table django_migrations"
+    ), run.explain()
+    assert "Traceback" not in run.stdout + run.stderr

@@ -336,3 +336,43 @@ def test_the_block_is_closed_at_the_end_and_reopened_with_a_new_token() -> None:
     assert blocks_named(out.getvalue()) == (
         "::stop-commands::T1\na\n::T1::\n::warning title=bastion-migrate::w\n::stop-commands::T2\nb\n::T2::\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("password is hunt", len("password is "), id="a secret's start at the end is held back"),
+        pytest.param("password is hunter2", len("password is hunter2"), id="a whole secret is redacted anyway"),
+        pytest.param("no secret here", len("no secret here"), id="nothing to hold back"),
+        pytest.param("h", 0, id="a single character may start one"),
+        pytest.param("x hunter2 hu", len("x hunter2 "), id="only the end matters"),
+    ],
+)
+def test_safe_length_never_splits_a_secret(text: str, expected: int) -> None:
+    gh, _ = console({})
+    gh.mask(["hunter2"])
+    assert gh.safe_length(text) == expected
+
+
+def test_safe_length_backs_off_past_secrets_that_overlap() -> None:
+    gh, _ = console({})
+    gh.mask(["abcd", "cdxy"])
+    # "ab" could start abcd; without it "...c" could start cdxy: both are held back
+    assert gh.safe_length("zzzabc") == 3
+    assert gh.safe_length("zzzc") == 3
+
+
+def test_the_summary_is_cut_to_what_github_accepts_after_redaction(tmp_path: Path) -> None:
+    path = tmp_path / "summary"
+    gh, _ = console({"GITHUB_STEP_SUMMARY": str(path)})
+    gh.mask(["s3cret-value"])
+    row = "| x | " + "y" * 1000 + " s3cret-value |\n"
+    gh.summary("# title\n" + row * 2000)
+    text = path.read_text(encoding="utf-8")
+    assert len(text.encode()) <= gha.SUMMARY_BYTES + 1
+    assert text.endswith(
+        "**The summary was cut here: GitHub takes at most 1 MiB.** The outputs hold the whole state.\n\n"
+    )
+    assert "s3cret" not in text
+    body = text.split("\n\n**The summary was cut")[0]
+    assert all(line == "| x | " + "y" * 1000 + " *** |" for line in body.splitlines()[1:])

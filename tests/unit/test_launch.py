@@ -11,7 +11,8 @@ import pytest
 
 from bastion_action import launch as launch_module
 from bastion_action.gha import Console
-from bastion_action.launch import duration, launch
+from bastion_action.launch import Launched, duration, launch
+from bastion_action.output import LINE_HEAD
 from bastion_action.runners import Output
 
 Step = bytes | str | float  # a chunk to print, or seconds to stay quiet
@@ -123,3 +124,18 @@ async def test_the_last_line_is_kept_whole_even_when_it_was_shown_in_part() -> N
 )
 def test_durations_read_as_a_person_would_say_them(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+async def test_a_line_cut_short_never_ends_inside_a_secret() -> None:
+    out = io.StringIO()
+    console = Console({}, stream=out)
+    secret = "Sup3r-Secret-Value"
+    console.mask([secret])
+    launched = Launched(console, "cmd", hold=False)
+    launched.go_live()
+    # The line's kept head ends with the first half of the secret; the rest of the line is dropped.
+    line = "x" * (LINE_HEAD - 9) + secret + "y" * 100
+    launched.feed(line + "\n")
+    [kept] = list(launched.output)
+    assert kept == "x" * (LINE_HEAD - 9) + f" … [{len(secret) + 100:,} more characters of this line not shown]"
+    assert "Sup3r" not in out.getvalue()
