@@ -6,29 +6,16 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from factories import BASE_INPUTS
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bastion_action import settings
 from bastion_action.errors import SettingsError, Stage
 
-FINGERPRINT = "SHA256:" + "A" * 43
-
 
 def base_inputs(**overrides: str) -> dict[str, str]:
-    raw = {
-        "mode": "lightweight",
-        "command": "migrate",
-        "ssh-host": "bastion.example.com",
-        "ssh-user": "deploy",
-        "ssh-password": "s3cret:pw",
-        "ssh-host-fingerprint": FINGERPRINT,
-        "db-host": "10.0.0.5",
-        "db-name": "app",
-        "db-user": "migrator",
-        "db-password": "p@ss:w/rd#%x",
-    }
-    raw.update(overrides)
+    raw = BASE_INPUTS | overrides
     return {name: value for name, value in raw.items() if value is not None}
 
 
