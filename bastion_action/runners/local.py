@@ -192,10 +192,10 @@ async def _exit(process: asyncio.subprocess.Process) -> int:
     command (one that left the process group, even) may hold open long after.
     """
     loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except OSError:  # already reaped, or a kernel without pidfd: the status comes by polling alone
-        pidfd = None
+    pidfd = None
+    if process.returncode is None:
+        with contextlib.suppress(OSError):  # already reaped, or no pidfd here: the status comes by polling alone
+            pidfd = os.pidfd_open(process.pid)
     if pidfd is not None:
         readable: asyncio.Future[None] = loop.create_future()
 
