@@ -21,7 +21,6 @@ from bastion_action.settings import Command, Settings
 TERMINATE_GRACE_SECONDS = 3.0
 REAP_SECONDS = 1.0
 DRAIN_SECONDS = 0.2
-EXIT_POLL_SECONDS = 0.1
 _PR_SET_CHILD_SUBREAPER = 36
 # Read at most this much at once: lines are found by the output's consumer, so no line is too long to read,
 # and the pipe is emptied as fast as the command fills it.
@@ -151,22 +150,31 @@ async def run(
     (completion, cancellation, timeout) leaves no process of that group behind,
     and ends within TERMINATE_GRACE_SECONDS and a moment more.
     """
+    # The pipe is this function's own, not asyncio's: process.wait() then waits for the exit alone (with a
+    # PIPE it also waits for the pipe to close, which a child of the command may hold open long after), and
+    # the pipe can be closed while such a child still holds it.
+    read_end, write_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=write_end,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            limit=READ_CHUNK,
         )
     except OSError as exc:
+        os.close(read_end)
         raise CommandError(f"cannot start {argv[0]}: {exc.strerror}", hint="Check the 'python' input.") from exc
-    assert process.stdout is not None  # noqa: S101 - PIPE was requested
-    reader = asyncio.ensure_future(_read(process.stdout, output))
-    exited = asyncio.ensure_future(_exit(process))
+    finally:
+        os.close(write_end)
+    stream = asyncio.StreamReader()
+    pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_end, "rb", buffering=0)
+    )
+    reader = asyncio.ensure_future(_read(stream, output))
+    exited = asyncio.ensure_future(process.wait())
     try:
         await asyncio.wait({reader, exited}, return_when=asyncio.FIRST_COMPLETED)
         if not reader.done():
@@ -178,43 +186,12 @@ async def run(
     finally:
         await aio.to_the_end(_end(process, exited))
         await aio.stop(reader, exited)
+        pipe.close()
 
 
 async def _read(stream: asyncio.StreamReader, output: Output) -> None:
     while chunk := await stream.read(READ_CHUNK):
         output.feed(chunk)
-
-
-async def _exit(process: asyncio.subprocess.Process) -> int:
-    """The command's exit status as soon as it has exited.
-
-    ``process.wait()`` also waits until the pipe is closed, which a child of the
-    command (one that left the process group, even) may hold open long after.
-    """
-    loop = asyncio.get_running_loop()
-    pidfd = None
-    if process.returncode is None:
-        with contextlib.suppress(OSError):  # already reaped, or no pidfd here: the status comes by polling alone
-            pidfd = os.pidfd_open(process.pid)
-    if pidfd is not None:
-        readable: asyncio.Future[None] = loop.create_future()
-
-        def exited() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(pidfd, exited)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-    # The exit is seen by the child watcher a moment after the pidfd: poll briefly (or, without it, all along).
-    delay = 0.001
-    while process.returncode is None:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, EXIT_POLL_SECONDS)
-    return process.returncode
 
 
 async def _end(process: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
