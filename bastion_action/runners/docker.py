@@ -21,7 +21,11 @@ from bastion_action.runners import Output, command_env, with_interpreter
 from bastion_action.settings import ImageSettings, Mode, PullPolicy, Settings
 
 LABEL_PREFIX = "io.github.bastion-migrate"
-REMOVE_TIMEOUT_SECONDS = 20.0
+# A cancel sends SIGTERM, then SIGKILL this long after, as `docker stop -t 3`: with the rest of the
+# clean-up and the requests' own bounds below, a cancelled run must end within 10 s.
+STOP_GRACE_SECONDS = 3.0
+SIGNAL_TIMEOUT_SECONDS = 1.0
+REMOVE_TIMEOUT_SECONDS = 4.0
 # Layer states worth a line each; byte-level "Downloading"/"Extracting" progress is dropped.
 _LAYER_STATES = frozenset({"Pulling fs layer", "Already exists", "Download complete", "Pull complete"})
 _CONTAINER_ID = re.compile(r"/(?:docker/)?containers/([0-9a-f]{64})/")
@@ -165,7 +169,12 @@ class DockerRunner:
         labels: Mapping[str, str],
         output: Output,
     ) -> int:
-        """Run ``argv`` in the image with host networking; stream its output; always remove it."""
+        """Run ``argv`` in the image with host networking; stream its output; never leave the container behind.
+
+        The engine removes the container when it exits (``docker run --rm``), so none
+        survives this process even if it is killed; a cancel stops it as ``docker stop``
+        does: SIGTERM, then SIGKILL after STOP_GRACE_SECONDS.
+        """
         network = await self.network_mode()
         config: JSONObject = {
             "Image": image.image_id,
@@ -175,7 +184,7 @@ class DockerRunner:
             "Tty": False,
             "AttachStdout": True,
             "AttachStderr": True,
-            "HostConfig": {"NetworkMode": network, "Init": True},
+            "HostConfig": {"NetworkMode": network, "Init": True, "AutoRemove": True},
         }
         name = f"bastion-migrate-{uuid.uuid4().hex[:12]}"
         output.note(f"container {name}: network {network}")
@@ -189,21 +198,57 @@ class DockerRunner:
         except (aiohttp.ClientError, OSError) as exc:
             unreachable = self._unreachable(exc)
             raise CommandError(unreachable.message, hint=unreachable.hint, anchor="docker-daemon") from exc
+        registered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        removed = asyncio.ensure_future(self._wait_removed(container, registered))
+        started = False
         try:
             # Attached before it starts, nothing is missed; and attached rather than following its log, as
             # `docker run` does, its output comes as written (the log holds an unfinished line back).
             async with container.attach(stdout=True, stderr=True) as stream:
+                either: list[asyncio.Future[Any]] = [registered, removed]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if not registered.done():
+                    removed.result()  # the wait failed before it was registered: its error
                 await container.start()
+                started = True
                 while message := await stream.read_out():
                     output.feed(message.data)
-            result = await container.wait()
-            return int(result["StatusCode"])
+            return await asyncio.shield(removed)  # a cancel here must leave the wait to _end()
         finally:
-            await aio.to_the_end(self._remove(container))  # however often the run is cancelled meanwhile
+            # However often the run is cancelled meanwhile.
+            await aio.to_the_end(self._end(container, removed, started=started))
 
-    async def _remove(self, container: aiodocker.docker.DockerContainer) -> None:
-        with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError):
-            await container.delete(force=True, timeout=REMOVE_TIMEOUT_SECONDS)
+    async def _wait_removed(self, container: aiodocker.docker.DockerContainer, registered: asyncio.Future[None]) -> int:
+        """The exit code, once the engine has removed the container (``docker run --rm`` waits the same way).
+
+        With AutoRemove the exit code goes with the container, so the wait must be in place
+        before the start: the engine answers with the headers once it has registered the wait,
+        and ``registered`` is set then. aiodocker's ``wait()`` returns only the whole answer, so
+        this is the second internal of aiodocker this module uses (``_query``, as ``wait()``
+        itself does; aiodocker 0.27.0).
+        """
+        async with self.docker._query(  # noqa: SLF001 - see the docstring
+            f"containers/{container.id}/wait", method="POST", params={"condition": "removed"}, timeout=None
+        ) as response:
+            registered.set_result(None)
+            status = await response.json()
+        return int(status["StatusCode"])
+
+    async def _end(
+        self, container: aiodocker.docker.DockerContainer, removed: asyncio.Future[Any], *, started: bool
+    ) -> None:
+        """Stop the container as ``docker stop`` would, unless it has ended; make sure it is gone."""
+        try:
+            if started and not removed.done():
+                with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError):
+                    await container.kill(signal="SIGTERM", timeout=SIGNAL_TIMEOUT_SECONDS)
+                await asyncio.wait({removed}, timeout=STOP_GRACE_SECONDS)
+            if not removed.done() or removed.cancelled() or removed.exception() is not None:
+                # Never started, or still running, or the wait failed: remove it now (404 if it is gone already).
+                with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError):
+                    await container.delete(force=True, timeout=REMOVE_TIMEOUT_SECONDS)
+        finally:
+            await aio.stop(removed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +284,7 @@ class ImageRunner:
 def daemon_address(docker: aiodocker.Docker) -> str:
     """The daemon's address as configured (``unix:///var/run/docker.sock``, ``tcp://...``), for messages.
 
-    The one internal of aiodocker this module reads: its public ``docker_host`` says
+    An internal of aiodocker (see also ``_wait_removed``): its public ``docker_host`` says
     ``unix://localhost`` for any socket; the address as given is kept in ``_connection_info``
     (aiodocker 0.27.0; tests/unit/test_runners.py notices if that changes).
     """

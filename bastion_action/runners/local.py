@@ -12,11 +12,15 @@ import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bastion_action import aio
 from bastion_action.errors import CommandError, SettingsError
 from bastion_action.runners import Output, command_env, with_interpreter
 from bastion_action.settings import Command, Settings
 
-TERMINATE_GRACE_SECONDS = 5.0
+# SIGTERM, then this long before SIGKILL: with the rest of the clean-up, a cancelled run must end within 10 s.
+TERMINATE_GRACE_SECONDS = 3.0
+REAP_SECONDS = 1.0
+DRAIN_SECONDS = 0.2
 _PR_SET_CHILD_SUBREAPER = 36
 # Read at most this much at once: lines are found by the output's consumer, so no line is too long to read,
 # and the pipe is emptied as fast as the command fills it.
@@ -143,36 +147,94 @@ async def run(
     """Run ``argv``; its output goes to ``output`` as it arrives, in chunks. Returns the exit code.
 
     The child gets its own process group; whatever ends this coroutine
-    (completion, cancellation, timeout) leaves no process of that group behind.
+    (completion, cancellation, timeout) leaves no process of that group behind,
+    and ends within TERMINATE_GRACE_SECONDS and a moment more.
     """
+    # The pipe is this function's own, not asyncio's: process.wait() then waits for the exit alone (with a
+    # PIPE it also waits for the pipe to close, which a child of the command may hold open long after), and
+    # the pipe can be closed while such a child still holds it.
+    read_end, write_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=write_end,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            limit=READ_CHUNK,
         )
     except OSError as exc:
+        os.close(read_end)
         raise CommandError(f"cannot start {argv[0]}: {exc.strerror}", hint="Check the 'python' input.") from exc
+    finally:
+        os.close(write_end)
+    stream = asyncio.StreamReader()
+    pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(read_end, "rb", buffering=0)
+    )
+    reader = asyncio.ensure_future(_read(stream, output))
+    exited = asyncio.ensure_future(process.wait())
     try:
-        assert process.stdout is not None  # noqa: S101 - PIPE was requested
-        while chunk := await process.stdout.read(READ_CHUNK):
-            output.feed(chunk)
-        code = await process.wait()
+        await asyncio.wait({reader, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():
+            # A child the command left running may hold the pipe open for ever; what the command itself
+            # wrote is already in the pipe, so a short drain takes all of it.
+            await asyncio.wait({reader}, timeout=DRAIN_SECONDS)
+        code = await asyncio.shield(exited)  # a cancel here must leave the exit to _end()
         return 128 - code if code < 0 else code  # killed by signal n: 128+n, as a shell reports it
     finally:
-        if process.returncode is None:
+        await aio.to_the_end(_end(process, exited))
+        await aio.stop(reader, exited)
+        pipe.close()
+
+
+async def _read(stream: asyncio.StreamReader, output: Output) -> None:
+    while chunk := await stream.read(READ_CHUNK):
+        output.feed(chunk)
+
+
+async def _end(process: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
+    """SIGTERM, a grace period, then SIGKILL: to the group and to the command's children in other sessions.
+
+    Once the command has exited, only its group is swept: a session of its own left
+    behind by then is no longer known as the command's, and end_descendants() ends it
+    when the whole run ends (other commands of a fan-out may still be running now).
+    """
+    others: list[int] = []
+    try:
+        if not exited.done():
+            # By pidfd: a signal sent seconds later cannot reach another process that took the same pid.
+            others = _pidfds([pid for pid in _descendants(process.pid) if _group(pid) != process.pid])
             _kill_group(process, signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.shield(asyncio.wait_for(process.wait(), TERMINATE_GRACE_SECONDS))
-        # Children of the command may outlive it in its group; end them too. Those that started a
-        # session of their own are ended by end_descendants() when the whole run ends (other
-        # commands of a fan-out may still be running now).
+            _signal_all(others, signal.SIGTERM)
+            await asyncio.wait({exited}, timeout=TERMINATE_GRACE_SECONDS)
         _kill_group(process, signal.SIGKILL)
-        if process.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.shield(asyncio.wait_for(process.wait(), TERMINATE_GRACE_SECONDS))
+        _signal_all(others, signal.SIGKILL)
+        if not exited.done():  # SIGKILL cannot be ignored: this is the reaping, not a second grace
+            await asyncio.wait({exited}, timeout=REAP_SECONDS)
+    finally:
+        for pidfd in others:
+            os.close(pidfd)
+
+
+def _group(pid: int) -> int | None:
+    """The process group of ``pid``: its members get each signal once, from killpg, not twice."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _pidfds(pids: list[int]) -> list[int]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            found.append(os.pidfd_open(pid))
+    return found
+
+
+def _signal_all(pidfds: list[int], sig: int) -> None:
+    for pidfd in pidfds:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pidfd, sig)

@@ -260,6 +260,55 @@ async def test_cancelling_a_command_ends_its_whole_process_group(tmp_path: Path)
     assert not alive(child)
 
 
+def group_of_sleepers(tmp_path: Path) -> tuple[Path, str]:
+    """A shell that ignores SIGTERM and leaves a child of its own session holding its stdout open."""
+    pids = tmp_path / "pids"
+    script = f"trap '' TERM; setsid sleep 60 & echo $$ $! > {pids}; echo ready; sleep 60"
+    return pids, script
+
+
+async def test_an_exit_is_seen_though_a_child_in_another_session_holds_the_pipe(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f"setsid sleep 60 & echo $! > {pids}; echo done; exit 4"
+    output = Collected()
+    started = asyncio.get_running_loop().time()
+    code = await asyncio.wait_for(
+        local.run(["sh", "-c", script], cwd=tmp_path, env=dict(os.environ), output=output), 10
+    )
+    daemon = int(pids.read_text())
+    try:
+        assert code == 4
+        assert output.close() == ["done"]
+        assert asyncio.get_running_loop().time() - started < 2  # measured: about 0.25 s (the drain)
+        assert alive(daemon)  # not this command's to end: end_descendants() does when the run ends
+    finally:
+        os.kill(daemon, signal.SIGKILL)
+
+
+async def test_cancelling_a_command_that_ignores_sigterm_ends_it_and_its_other_sessions_after_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "TERMINATE_GRACE_SECONDS", 0.5)
+    pids, script = group_of_sleepers(tmp_path)
+    output = Collected()
+    running = asyncio.ensure_future(local.run(["sh", "-c", script], cwd=tmp_path, env=dict(os.environ), output=output))
+    await asyncio.wait_for(output.seen.wait(), 10)
+    shell, daemon = map(int, pids.read_text().split())
+    loop = asyncio.get_running_loop()
+    cancelled_at = loop.time()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    took = loop.time() - cancelled_at
+    assert 0.5 <= took < 1.5, took  # the grace, then SIGKILL; not a wait for the pipe to close
+    assert not alive(shell)
+    for _ in range(500):  # SIGKILLed; the kernel ends it when next scheduled
+        if not alive(daemon):
+            break
+        await asyncio.sleep(0.01)
+    assert not alive(daemon)
+
+
 async def test_a_command_that_cannot_start_is_a_command_error(tmp_path: Path) -> None:
     with pytest.raises(CommandError) as info:
         await local.run([str(tmp_path / "missing")], cwd=tmp_path, env={}, output=Collected())
