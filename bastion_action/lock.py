@@ -196,7 +196,9 @@ class Lease:
                     f"the migration lock on database {self.database!r} was lost: {why}; "
                     "the command was stopped so that no other run migrates alongside it",
                     hint="Check the database's logs for why the action's session ended (idle_session_timeout, "
-                    "pg_terminate_backend, a connection pooler or proxy timeout), then re-run.",
+                    "pg_terminate_backend, a connection pooler or proxy timeout), then re-run. A session that did not "
+                    "answer is usually a silent network link: with 3 ssh-keepalive-interval shorter than a third of "
+                    "lock-lease-seconds, a dead SSH link is reported as such first.",
                     anchor="lock-lost",
                 )
             )
@@ -208,7 +210,7 @@ class Lease:
                 async with self.guard, asyncio.timeout(interval):
                     await self.connection.fetchval("SELECT 1")
             except TimeoutError:
-                self._lose(f"its session did not answer within {interval:g} s")
+                self._lose(f"its session did not answer within {interval:g} s (a silent link, or a stuck server)")
                 return
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 self._lose(f"its session failed ({exc})")
@@ -248,6 +250,7 @@ class Lease:
             self._heartbeat = None
         if self.held:
             self.connection.remove_termination_listener(self._terminated)
-            if not self.connection.is_closed():
+            # A lost lease's session is dead or unusable (a heartbeat cancelled mid-query aborts it): nothing to say.
+            if not self.connection.is_closed() and not self.lost.done():
                 await self.connection.fetchval("SELECT pg_advisory_unlock($1, $2)", *self.keys)
         self.held = False

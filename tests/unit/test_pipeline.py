@@ -826,3 +826,18 @@ async def test_a_holder_whose_state_the_role_may_not_see_is_never_judged_stale(p
     assert isinstance(ended, LockError)
     assert "dead run" not in ended.message
     assert not any(line.startswith(("lock: ended", "lock: could not end")) for line in said)
+
+
+async def test_releasing_a_lost_lease_leaves_the_session_alone(postgres, databases) -> None:
+    name = await databases()
+    connection = await asyncpg.connect(postgres.dsn(name))
+    try:
+        lease = lock.Lease(connection, name, asyncio.Lock())
+        await lease.acquire(1, 3, lambda _line: None)
+        lease._lose("a heartbeat went unanswered")  # its session may be unusable now: it is not spoken to again
+        await lease.release()
+        assert not lease.held
+        assert await lock_holder_pid(postgres, name) == connection.get_server_pid()  # freed when the session ends
+    finally:
+        await connection.close()
+    assert await lock_holder_pid(postgres, name) is None
