@@ -185,6 +185,36 @@ INPUTS: tuple[InputSpec, ...] = (
         "60",
         in_file=True,
     ),
+    InputSpec(
+        "lock-break-stale",
+        "When the migration lock is held by a session of this action that has been idle longer than "
+        "lock-lease-seconds (a dead run the server did not end), end that session (pg_terminate_backend) and take "
+        "the lock (true/false). A holder that is not stale is never ended.",
+        "false",
+        in_file=True,
+    ),
+    InputSpec(
+        "db-idle-in-transaction-timeout",
+        "Seconds the command's database sessions may sit idle inside a transaction before the server ends them "
+        "(idle_in_transaction_session_timeout, through PGOPTIONS), so a dead run's transaction and locks do not "
+        "linger; 0 turns it off.",
+        "300",
+        in_file=True,
+    ),
+    InputSpec(
+        "db-lock-timeout",
+        "Seconds a statement of the command may wait for a lock before the server cancels it "
+        "(lock_timeout, through PGOPTIONS); 0 is off.",
+        "0",
+        in_file=True,
+    ),
+    InputSpec(
+        "db-statement-timeout",
+        "Seconds a statement of the command may run before the server cancels it "
+        "(statement_timeout, through PGOPTIONS); 0 is off.",
+        "0",
+        in_file=True,
+    ),
     InputSpec("image", "Docker mode: image reference; may carry its own :tag or @sha256: digest.", in_file=True),
     InputSpec("image-tag", "Docker mode: tag appended to image when it has none.", "latest", in_file=True),
     InputSpec(

@@ -89,13 +89,53 @@ def _pending(apps: dict[str, list[Migration]]) -> list[str]:
     return migrations.pending(item for items in apps.values() for item in items)
 
 
-def verdict(command: Command, argv: Sequence[str], exit_code: int, outcome: Outcome | None) -> CommandError | None:
-    """The run's failure, if any: the command's own exit status first, then ``check``'s pending migrations."""
+# PostgreSQL's own words when a server-side bound of the command's sessions fires, and what to say about it.
+_BOUNDS_FIRED = (
+    (
+        "canceling statement due to lock timeout",
+        (
+            "A statement waited longer than db-lock-timeout for a lock another session holds (a long query or an "
+            "open transaction on the same table); the server cancelled it and the migration's transaction rolled "
+            "back. Find the blocker in pg_stat_activity and pg_locks and re-run when it is done, or raise "
+            "db-lock-timeout."
+        ),
+    ),
+    (
+        "canceling statement due to statement timeout",
+        (
+            "A statement ran longer than db-statement-timeout (or a statement_timeout set on the role or database) "
+            "and the server cancelled it; the migration's transaction rolled back. Raise db-statement-timeout, or "
+            "set it to 0 for a long data migration."
+        ),
+    ),
+    (
+        "terminating connection due to idle-in-transaction timeout",
+        (
+            "The command kept a transaction open without a word to the database for longer than "
+            "db-idle-in-transaction-timeout (slow Python work or an external call inside a migration, or a hang), so "
+            "the server ended its session and rolled the transaction back. Raise db-idle-in-transaction-timeout (0 "
+            "turns it off), or move the slow work out of the transaction."
+        ),
+    ),
+)
+
+
+def verdict(
+    command: Command, argv: Sequence[str], exit_code: int, outcome: Outcome | None, output: str = ""
+) -> CommandError | None:
+    """The run's failure, if any: the command's own exit status first, then ``check``'s pending migrations.
+
+    ``output`` is what the command printed: a server-side bound that fired is named in the hint.
+    """
     if exit_code != 0:
         failing = outcome.failed_migration if outcome else None
+        fired = next(((words, hint) for words, hint in _BOUNDS_FIRED if words in output), None)
         return CommandError(
-            f"`{' '.join(argv)}` exited with code {exit_code}" + (f" while applying {failing}" if failing else ""),
-            hint="The command's last lines of output are in the step summary.",
+            f"`{' '.join(argv)}` exited with code {exit_code}"
+            + (f" while applying {failing}" if failing else "")
+            + (f": {fired[0]}" if fired else ""),
+            hint=fired[1] if fired else "The command's last lines of output are in the step summary.",
+            anchor="server-side-timeouts" if fired else "",
             exit_code=exit_code,
         )
     if command is Command.CHECK and outcome is not None and outcome.pending is None:

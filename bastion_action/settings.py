@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import re
 import shlex
@@ -41,6 +42,7 @@ __all__ = [
     "Mode",
     "PullPolicy",
     "SSHSettings",
+    "SessionBounds",
     "Settings",
     "parse",
     "parse_image_reference",
@@ -135,6 +137,15 @@ class ImageSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class SessionBounds:
+    """Server-side bounds on the command's own database sessions, in seconds; 0 is off."""
+
+    idle_in_transaction: float
+    lock: float
+    statement: float
+
+
+@dataclasses.dataclass(frozen=True)
 class AppSettings:
     django_settings_module: str | None
     secret_key: str | None
@@ -144,6 +155,7 @@ class AppSettings:
     working_directory: Path
     python: str
     fake_initial: bool
+    bounds: SessionBounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +174,7 @@ class Settings:
     lock: bool
     lock_timeout: float
     lock_lease: float
+    lock_break_stale: bool
     secrets: tuple[str, ...]
 
 
@@ -242,6 +255,20 @@ def _db_settings(read: Reader) -> DatabaseSettings:
     )
 
 
+MAX_BOUND_SECONDS = 2_147_483  # PostgreSQL keeps these timeouts as int4 milliseconds
+
+
+def _bound(read: Reader, name: str) -> float:
+    value = read.text(name)
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= MAX_BOUND_SECONDS:  # NaN and infinities fail too
+        raise input_error(name, f"a number of seconds up to {MAX_BOUND_SECONDS}, or 0 for off", value)
+    return number
+
+
 def _app_settings(read: Reader, environ: Mapping[str, str]) -> AppSettings:
     url_env = read.text("database-url-env")
     if not _ENV_NAME.fullmatch(url_env):
@@ -255,6 +282,11 @@ def _app_settings(read: Reader, environ: Mapping[str, str]) -> AppSettings:
         working_directory=_resolve_directory(read.text("working-directory"), environ),
         python=read.text("python"),
         fake_initial=read.boolean("fake-initial"),
+        bounds=SessionBounds(
+            idle_in_transaction=_bound(read, "db-idle-in-transaction-timeout"),
+            lock=_bound(read, "db-lock-timeout"),
+            statement=_bound(read, "db-statement-timeout"),
+        ),
     )
 
 
@@ -374,5 +406,6 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         lock=lock,
         lock_timeout=read.seconds("lock-timeout"),
         lock_lease=_lease(read),
+        lock_break_stale=read.boolean("lock-break-stale"),
         secrets=secrets,
     )

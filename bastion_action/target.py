@@ -173,6 +173,7 @@ class _Database:
 
     async def lock(self, session: database.Session, opened: tunnel.Tunnel) -> None:
         settings = self.settings
+        session.lease.break_stale = settings.lock_break_stale
         with self.clock.stage_of(Stage.LOCK):
             waited = await while_tunnel_up(session.lock(settings.lock_timeout, settings.lock_lease, self.say), opened)
         self.result.lock_wait = waited
@@ -209,7 +210,7 @@ class _Database:
                     if drifted is not None:
                         raise drifted
         found = await self.results(opened, session, before, output) if settings.command.django else None
-        failure = outcome.verdict(settings.command, command_argv(settings), result.exit_code, found)
+        failure = outcome.verdict(settings.command, command_argv(settings), result.exit_code, found, output)
         if isinstance(failure, PendingMigrationsError):
             result.exit_code = 1
         if failure is not None:

@@ -5,7 +5,8 @@
     └── docker.ImageRunner     a container of the pulled image, host networking (docker mode)
 
 Both run the same command line (``command_argv``) with the same environment
-(``command_env``), the database URL pointing at the command's end of the tunnel.
+(``command_env``), the database URL pointing at the command's end of the tunnel
+and ``PGOPTIONS`` bounding the command's sessions on the server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from bastion_action.settings import AppSettings, Command, Settings
+from bastion_action.settings import AppSettings, Command, SessionBounds, Settings
 
 
 class Output(Protocol):
@@ -70,11 +71,30 @@ def with_interpreter(settings: Settings, python: str, argv: Sequence[str]) -> li
     return list(argv) if settings.command is Command.CUSTOM else [python, *argv]
 
 
+def pgoptions(bounds: SessionBounds) -> str:
+    """libpq's ``PGOPTIONS`` for the server-side bounds that are on: ``-c name=<ms>`` each."""
+    settings = (
+        ("idle_in_transaction_session_timeout", bounds.idle_in_transaction),
+        ("lock_timeout", bounds.lock),
+        ("statement_timeout", bounds.statement),
+    )
+    # A positive bound never rounds to 0 ms, which the server would read as "off".
+    return " ".join(f"-c {name}={max(1, round(seconds * 1000))}" for name, seconds in settings if seconds > 0)
+
+
 def command_env(app: AppSettings, database_url: str, environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` less the action's inputs, plus the app's settings and the tunnel's database URL."""
+    """``environ`` less the action's inputs, plus the app's settings and the tunnel's database URL.
+
+    The server-side bounds go first in ``PGOPTIONS``, before whatever the runner's environment or
+    ``extra-env`` put there: PostgreSQL applies the options in order, so the user's own ``-c`` for
+    the same setting wins.
+    """
     env = {name: value for name, value in environ.items() if not name.startswith("INPUT_")}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(app.extra_env)
+    options = " ".join(part for part in (pgoptions(app.bounds), env.get("PGOPTIONS", "").strip()) if part)
+    if options:
+        env["PGOPTIONS"] = options
     env[app.database_url_env] = database_url
     if app.django_settings_module:
         env["DJANGO_SETTINGS_MODULE"] = app.django_settings_module

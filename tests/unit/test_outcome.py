@@ -201,6 +201,48 @@ def test_a_custom_command_is_judged_by_its_exit_code_alone() -> None:
     assert error.message == "`alembic upgrade head` exited with code 2"
 
 
+@pytest.mark.parametrize(
+    ("printed", "named"),
+    [
+        pytest.param(
+            "django.db.utils.OperationalError: canceling statement due to lock timeout", "db-lock-timeout", id="lock"
+        ),
+        pytest.param(
+            "psycopg2.errors.QueryCanceled: canceling statement due to statement timeout",
+            "db-statement-timeout",
+            id="statement",
+        ),
+        pytest.param(
+            "FATAL:  terminating connection due to idle-in-transaction timeout",
+            "db-idle-in-transaction-timeout",
+            id="idle-in-transaction",
+        ),
+    ],
+)
+def test_a_server_side_bound_that_fired_is_explained(printed: str, named: str) -> None:
+    output = f"Running migrations:\n  Applying orders.0001_initial...Traceback (most recent call last):\n{printed}\n"
+    found = outcome.interpret(Command.MIGRATE, output, BEFORE, BEFORE, "", exit_code=1)
+    error = outcome.verdict(Command.MIGRATE, ["manage.py", "migrate"], 1, found, output)
+    assert error is not None
+    words = printed.split(": ", 1)[1].removeprefix(" ")
+    assert error.message == f"`manage.py migrate` exited with code 1 while applying orders.0001_initial: {words}"
+    assert named in error.hint
+    assert error.anchor == "server-side-timeouts"
+    assert error.exit_code == 1
+
+
+def test_a_custom_command_cut_by_a_bound_is_explained_too() -> None:
+    error = outcome.verdict(
+        Command.CUSTOM, ["alembic", "upgrade", "head"], 1, None, "canceling statement due to lock timeout"
+    )
+    assert error is not None
+    assert "db-lock-timeout" in error.hint
+
+
+def test_a_bound_named_in_the_output_of_a_successful_command_is_no_failure() -> None:
+    assert outcome.verdict(Command.CUSTOM, ["x"], 0, None, "canceling statement due to lock timeout") is None
+
+
 def test_drift_between_the_runner_and_the_image() -> None:
     image = "catalog\n [X] 0001_initial\norders\n [ ] 0001_initial\n"
     found, error = outcome.drift(SHOWMIGRATIONS, image)

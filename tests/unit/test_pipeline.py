@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -32,7 +35,7 @@ from bastion_action.errors import (
 )
 from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult
-from bastion_action.runners import Output
+from bastion_action.runners import Output, command_env
 from bastion_action.runners import docker as docker_runner
 
 MIGRATIONS = [("catalog", "0001_initial"), ("catalog", "0002_product_sku"), ("orders", "0001_initial")]
@@ -644,3 +647,197 @@ async def test_a_session_ended_while_waiting_for_the_lock_is_a_lock_failure(sshd
         await holder.close()
     assert isinstance(run.error, LockError)
     assert run.error.message.startswith(f"the session taking the migration lock on database {name!r} ended: ")
+
+
+async def stale_holder(
+    postgres: Postgres, name: str, application_name: str = lock.APPLICATION_NAME
+) -> asyncpg.Connection:
+    """A session that takes the database's migration lock and then says nothing, like a run whose runner vanished."""
+    holder = await asyncpg.connect(postgres.dsn(name), server_settings={"application_name": application_name})
+    await holder.execute("SELECT pg_advisory_lock($1, $2)", *lock.lock_keys(name))
+    return holder
+
+
+async def take_lock(
+    postgres: Postgres,
+    name: str,
+    *,
+    timeout: float,
+    lease: float,
+    break_stale: bool,
+    user: str = "",
+    password: str = "",
+) -> tuple[list[str], lock.Lease | LockError]:
+    """The waiting side alone, on a real server, with a lease shorter than the action allows.
+
+    Returns what it said while waiting, and the lease it took or the error it gave up with.
+    """
+    dsn = postgres.dsn(name)
+    if user:
+        dsn = dsn.replace(f"{postgres.user}:{postgres.password}@", f"{user}:{password}@")
+    connection = await asyncpg.connect(dsn, server_settings={"application_name": lock.APPLICATION_NAME})
+    said: list[str] = []
+    lease_ = lock.Lease(connection, name, asyncio.Lock())
+    lease_.break_stale = break_stale
+    try:
+        await lease_.acquire(timeout, lease, said.append)
+    except LockError as exc:
+        await connection.close()
+        return said, exc
+    await lease_.release()
+    await connection.close()
+    return said, lease_
+
+
+async def test_a_stale_holder_is_named_in_the_wait_and_the_error_but_left_alone(postgres, databases) -> None:
+    name = await databases()
+    holder = await stale_holder(postgres, name)
+    try:
+        said, ended = await take_lock(postgres, name, timeout=1.2, lease=0.4, break_stale=False)
+        assert not holder.is_closed()
+        assert await holder.fetchval("SELECT 1") == 1  # never ended without lock-break-stale
+    finally:
+        await holder.close()
+    assert isinstance(ended, LockError)
+    assert re.search(
+        r", idle for [12] s, longer than its 0.4 s lease \(lock-lease-seconds\): probably a dead run; "
+        r"gave up after 1.2 s \(lock-timeout\)$",
+        ended.message,
+    ), ended.message
+    assert "lock-break-stale: true" in ended.hint
+    assert f"pg_terminate_backend({holder.get_server_pid()})" in ended.hint
+    assert said[0].startswith("lock: waiting for bastion-migrate (backend pid ")
+    assert said[-1].endswith("probably a dead run")
+
+
+@pytest.mark.parametrize(
+    "application_name",
+    [pytest.param(lock.APPLICATION_NAME, id="a-live-run"), pytest.param("manual-maintenance", id="another-client")],
+)
+async def test_a_holder_that_is_not_stale_is_never_ended(postgres, databases, application_name: str) -> None:
+    name = await databases()
+    holder = await stale_holder(postgres, name, application_name)
+
+    async def live() -> None:  # a live run speaks every third of its lease
+        while True:
+            await asyncio.sleep(0.1)
+            if application_name == lock.APPLICATION_NAME:
+                await holder.fetchval("SELECT 1")
+
+    speaking = asyncio.ensure_future(live())
+    try:
+        said, ended = await take_lock(postgres, name, timeout=1.2, lease=0.4, break_stale=True)
+        assert await holder.fetchval("SELECT 1") == 1
+    finally:
+        speaking.cancel()
+        await asyncio.gather(speaking, return_exceptions=True)
+        await holder.close()
+    assert isinstance(ended, LockError)
+    assert "dead run" not in ended.message
+    assert not any(line.startswith("lock: ended") or "dead run" in line for line in said)
+
+
+async def test_lock_break_stale_ends_a_stale_holder_and_takes_the_lock(postgres, databases) -> None:
+    name = await databases()
+    holder = await stale_holder(postgres, name)
+    pid = holder.get_server_pid()
+    try:
+        said, taken = await take_lock(postgres, name, timeout=10, lease=0.4, break_stale=True)
+    finally:
+        await holder.close()
+    assert isinstance(taken, lock.Lease), taken
+    assert [holder.pid for holder in taken.broken] == [pid]
+    ended = [line for line in said if line.startswith("lock: ended ")]
+    assert len(ended) == 1
+    assert ended[0].startswith(f"lock: ended bastion-migrate (backend pid {pid}, ")
+    assert ended[0].endswith("longer than its 0.4 s lease (lock-lease-seconds): probably a dead run (lock-break-stale)")
+
+
+async def test_a_role_that_may_not_end_the_stale_holder_says_so_and_waits(postgres, databases) -> None:
+    name = await databases()
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres.dsn(name))
+    # It may see that the holder is idle, but the holder is a superuser's session: only a superuser may end it.
+    await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'limited-pw' IN ROLE pg_read_all_stats")
+    holder = await stale_holder(postgres, name)
+    try:
+        said, ended = await take_lock(
+            postgres, name, timeout=1.2, lease=0.4, break_stale=True, user=role, password="limited-pw"
+        )
+        assert await holder.fetchval("SELECT 1") == 1
+    finally:
+        await holder.close()
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+    assert isinstance(ended, LockError)
+    assert ended.message.endswith("probably a dead run; gave up after 1.2 s (lock-timeout)")
+    assert len([line for line in said if line.startswith("lock: could not end bastion-migrate")]) == 1
+
+
+async def test_the_pipeline_ends_a_stale_holder_when_asked(sshd, postgres, databases) -> None:
+    name = await databases()
+    holder = await stale_holder(postgres, name)
+    out = io.StringIO()
+    parsed = make_settings(**inputs(sshd, postgres, name, lock_lease_seconds="3", lock_break_stale="true"))
+    try:
+        run = await pipeline.execute(parsed, Console({}, stream=out), runner=ScriptedRunner())
+        assert holder.is_closed() or not await lock_held_by_another(holder, name)
+    finally:
+        await holder.close()
+    assert run.result is Result.SUCCESS, run.error
+    assert run.lock_wait is not None
+    assert run.lock_wait >= 3
+    assert f"lock: ended bastion-migrate (backend pid {holder.get_server_pid()}" in out.getvalue()
+
+
+async def test_libpq_applies_the_bounds_and_lets_the_users_own_options_win(postgres, databases, tmp_path) -> None:
+    name = await databases()
+    psql = Path(shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql")
+    app = make_settings(
+        db_lock_timeout="2", db_statement_timeout="60", extra_env="PGOPTIONS=-c statement_timeout=7s"
+    ).app
+    env = command_env(app, postgres.dsn(name), {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    shown = await asyncio.create_subprocess_exec(
+        str(psql), postgres.dsn(name), "-Atc",
+        "SELECT current_setting('idle_in_transaction_session_timeout'), current_setting('lock_timeout'), "
+        "current_setting('statement_timeout')",
+        env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    printed, _ = await shown.communicate()
+    assert shown.returncode == 0
+    assert printed.decode().strip() == "5min|2s|7s"
+
+
+async def test_a_holder_whose_state_the_role_may_not_see_is_never_judged_stale(postgres, databases) -> None:
+    name = await databases()
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres.dsn(name))
+    await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'limited-pw'")  # pg_stat_activity hides others' state
+    holder = await stale_holder(postgres, name)
+    try:
+        said, ended = await take_lock(
+            postgres, name, timeout=1.2, lease=0.4, break_stale=True, user=role, password="limited-pw"
+        )
+        assert await holder.fetchval("SELECT 1") == 1
+    finally:
+        await holder.close()
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
+    assert isinstance(ended, LockError)
+    assert "dead run" not in ended.message
+    assert not any(line.startswith(("lock: ended", "lock: could not end")) for line in said)
+
+
+async def test_releasing_a_lost_lease_leaves_the_session_alone(postgres, databases) -> None:
+    name = await databases()
+    connection = await asyncpg.connect(postgres.dsn(name))
+    try:
+        lease = lock.Lease(connection, name, asyncio.Lock())
+        await lease.acquire(1, 3, lambda _line: None)
+        lease._lose("a heartbeat went unanswered")  # its session may be unusable now: it is not spoken to again
+        await lease.release()
+        assert not lease.held
+        assert await lock_holder_pid(postgres, name) == connection.get_server_pid()  # freed when the session ends
+    finally:
+        await connection.close()
+    assert await lock_holder_pid(postgres, name) is None

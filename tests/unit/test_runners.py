@@ -19,7 +19,7 @@ from bastion_action import launch as launch_module
 from bastion_action.errors import CommandError, SettingsError
 from bastion_action.gha import Console
 from bastion_action.output import LINE_HEAD, LineSplitter, cut_marker
-from bastion_action.runners import Output, command_argv, command_env, local, title
+from bastion_action.runners import Output, command_argv, command_env, local, pgoptions, title
 from bastion_action.runners import docker as docker_runner
 
 URL = "postgresql://migrator:x@127.0.0.1:40001/app?sslmode=prefer"
@@ -91,7 +91,51 @@ def test_command_env_drops_inputs_and_sets_the_apps_settings() -> None:
         "DB_URL": URL,
         "DJANGO_SETTINGS_MODULE": "proj.settings.prod",
         "SECRET_KEY": "k3y",
+        "PGOPTIONS": "-c idle_in_transaction_session_timeout=300000",
     }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({}, "-c idle_in_transaction_session_timeout=300000", id="default"),
+        pytest.param({"db_idle_in_transaction_timeout": "0"}, "", id="off"),
+        pytest.param(
+            {"db_idle_in_transaction_timeout": "10", "db_lock_timeout": "2.5", "db_statement_timeout": "0.0001"},
+            "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=2500 -c statement_timeout=1",
+            id="all",
+        ),
+    ],
+)
+def test_pgoptions_carries_the_bounds_that_are_on(overrides: dict[str, str], expected: str) -> None:
+    assert pgoptions(make_settings(**overrides).app.bounds) == expected
+
+
+@pytest.mark.parametrize(
+    ("environ", "extra_env", "expected"),
+    [
+        pytest.param({}, "", "-c lock_timeout=5000", id="ours-only"),
+        pytest.param(
+            {"PGOPTIONS": "-c search_path=app"}, "", "-c lock_timeout=5000 -c search_path=app", id="runner-env"
+        ),
+        pytest.param(
+            {"PGOPTIONS": "-c search_path=app"},
+            "PGOPTIONS=-c lock_timeout=0",
+            "-c lock_timeout=5000 -c lock_timeout=0",  # the user's comes last, so it wins on the server
+            id="extra-env-replaces-runner-env",
+        ),
+    ],
+)
+def test_command_env_puts_the_users_pgoptions_after_the_bounds(
+    environ: dict[str, str], extra_env: str, expected: str
+) -> None:
+    app = make_settings(db_idle_in_transaction_timeout="0", db_lock_timeout="5", extra_env=extra_env).app
+    assert command_env(app, URL, environ)["PGOPTIONS"] == expected
+
+
+def test_no_pgoptions_when_every_bound_is_off_and_the_user_set_none() -> None:
+    app = make_settings(db_idle_in_transaction_timeout="0").app
+    assert "PGOPTIONS" not in command_env(app, URL, {})
 
 
 def test_titles_name_the_interpreter_as_given_and_the_second_view(tmp_path: Path) -> None:

@@ -267,3 +267,26 @@ def test_databases_fan_out() -> None:
 )
 def test_databases_errors(overrides: dict[str, str], expected: str) -> None:
     assert error_of(**{"command": "showmigrations", **overrides}).message.startswith(expected)
+
+
+def test_server_side_bounds_and_stale_lock_defaults_and_values() -> None:
+    parsed = parse()
+    assert parsed.app.bounds == settings.SessionBounds(idle_in_transaction=300, lock=0, statement=0)
+    assert parsed.lock_break_stale is False
+    parsed = parse(
+        **{
+            "db-idle-in-transaction-timeout": "0",
+            "db-lock-timeout": "2.5",
+            "db-statement-timeout": "600",
+            "lock-break-stale": "true",
+        }
+    )
+    assert parsed.app.bounds == settings.SessionBounds(idle_in_transaction=0, lock=2.5, statement=600)
+    assert parsed.lock_break_stale is True
+
+
+@pytest.mark.parametrize("name", ["db-idle-in-transaction-timeout", "db-lock-timeout", "db-statement-timeout"])
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", "inf", "2147484"])
+def test_server_side_bounds_name_the_input(name: str, value: str) -> None:
+    expected = f"{name}: expected a number of seconds up to 2147483, or 0 for off, got {value!r}"
+    assert error_of(**{name: value}).message == expected

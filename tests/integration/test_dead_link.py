@@ -1,0 +1,182 @@
+"""A silently dead link mid-migrate: the server, not the bastion, frees what the dead run held.
+
+The action's SSH connection to the bastion's main sshd (which has no ClientAlive*, like many
+real bastions) is silenced in the bastion's namespace, that one connection only. sshd then keeps
+the PostgreSQL connections it forwards open for hours; the lock's lease and the command's
+``idle_in_transaction_session_timeout`` (through PGOPTIONS) must end them within seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from support import SAMPLE_MIGRATIONS, admin_sql, assert_failed_in, finish_action, start_action
+
+Lab = dict[str, Any]
+
+# s: the action notices the dead link after 3 unanswered keepalives, before the lock's heartbeat (every
+# third of the lease) times out and the lease is given up: the link, not the lock, is named
+KEEPALIVE = 0.3
+LEASE = 5  # s: lock-lease-seconds
+IDLE_IN_TRANSACTION = 10  # s: db-idle-in-transaction-timeout
+SLEEP = 6  # s: the migration's pg_sleep, which ends after the link is cut and the runner is gone
+
+
+def ss(*argv: str, namespace: str | None = None) -> str:
+    prefix = ["ip", "netns", "exec", namespace] if namespace else []
+    return subprocess.run([*prefix, "ss", "-Htnp", *argv], capture_output=True, text=True, check=True).stdout
+
+
+def ssh_connection_of(pid: int, lab: Lab) -> tuple[str, int]:
+    """The runner-side address and port of process ``pid``'s SSH connection to the bastion."""
+    for line in ss("state", "established", "dst", f"{lab['bastion_host']}:{lab['ssh_port']}").splitlines():
+        if f"pid={pid}," in line:
+            local = line.split()[2]
+            address, _, port = local.rpartition(":")
+            return address, int(port)
+    pytest.fail(f"no SSH connection of pid {pid} to the bastion")
+
+
+def bastion_side(lab: Lab, address: str, port: int) -> str:
+    """The bastion's end of that one connection, as ``ss`` shows it (empty once it is gone)."""
+    return ss("state", "established", "dst", f"{address}:{port}", namespace=lab["bastion_ns"])
+
+
+@contextlib.contextmanager
+def silenced_connection(lab: Lab, address: str, port: int) -> Iterator[None]:
+    """Every packet of that one connection is dropped both ways at the bastion; no other connection is touched."""
+    rules = [
+        ["INPUT", "-s", address, "-p", "tcp", "--sport", str(port)],
+        ["OUTPUT", "-d", address, "-p", "tcp", "--dport", str(port)],
+    ]
+    iptables = ["ip", "netns", "exec", lab["bastion_ns"], "iptables", "-w"]
+    for rule in rules:
+        subprocess.run([*iptables, "-I", *rule, "-j", "DROP"], check=True)
+    try:
+        yield
+    finally:
+        for rule in rules:
+            subprocess.run([*iptables, "-D", *rule, "-j", "DROP"], check=True)
+
+
+def end_bastion_side(lab: Lab, address: str, port: int) -> None:
+    """Left to itself the bastion's sshd would hold the connection for hours: end its session process."""
+    for pid in {int(found) for found in re.findall(r"pid=(\d+),", bastion_side(lab, address, port))}:
+        subprocess.run(["kill", "-KILL", str(pid)], check=False)
+
+
+def action_locks(lab: Lab, database: str) -> int:
+    return int(
+        admin_sql(
+            lab,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1651733614 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            database,
+        )
+    )
+
+
+def command_sessions(lab: Lab, database: str) -> list[str]:
+    """The states of the command's own sessions (Django's, not the action's) on ``database``."""
+    states = admin_sql(
+        lab,
+        "SELECT coalesce(state, '?') FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name <> 'bastion-migrate' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        database,
+    )
+    return states.splitlines()
+
+
+def poll_until(probe: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.2)
+
+
+def test_a_dead_link_frees_the_lock_and_the_migrations_transaction_on_the_server(
+    base_inputs, lab, fresh_db, tmp_path
+) -> None:
+    inputs = {
+        **base_inputs,
+        "command": "migrate",
+        "ssh-keepalive-interval": f"{KEEPALIVE:g}",
+        "lock-lease-seconds": str(LEASE),
+        "db-idle-in-transaction-timeout": str(IDLE_IN_TRANSACTION),
+        "extra-env": f"SAMPLE_MIGRATION_SLEEP={SLEEP}",
+    }
+    started = time.monotonic()
+    process = start_action(inputs, tmp_path / "dead")
+    address, port = "", 0
+    try:
+        poll_until(lambda: "active" in command_sessions(lab, fresh_db) and _sleeping(lab, fresh_db), 60, "pg_sleep")
+        address, port = ssh_connection_of(process.pid, lab)
+        states: set[str] = set()
+
+        def seen(now: list[str]) -> list[str]:
+            states.update(now)
+            return now
+
+        def lock_freed() -> bool:
+            seen(command_sessions(lab, fresh_db))
+            return action_locks(lab, fresh_db) == 0
+
+        with silenced_connection(lab, address, port):
+            cut = time.monotonic()
+            run = finish_action(process, tmp_path / "dead", started, timeout=30)
+            noticed = time.monotonic() - cut
+            poll_until(
+                lock_freed,
+                LEASE + 30,
+                "the lock freed by its lease",
+            )
+            lock_gone = time.monotonic() - cut
+            assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
+            poll_until(lambda: not seen(command_sessions(lab, fresh_db)), 40, "the migration's session ended")
+            transaction_gone = time.monotonic() - cut
+            assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if port:
+            end_bastion_side(lab, address, port)
+    assert_failed_in(run, "tunnel")
+    assert noticed < 4 * KEEPALIVE + 2, f"noticed after {noticed:.1f} s\n{run.explain()}"
+    assert lock_gone < LEASE + 5, f"the lock outlived the link by {lock_gone:.1f} s"
+    # The sleep ended with nobody left to send the next statement: idle in its transaction, then ended.
+    assert "idle in transaction" in states, states
+    timings = f"noticed {noticed:.1f} s, lock gone {lock_gone:.1f} s, transaction gone {transaction_gone:.1f} s"
+    # Ended by the server's bound once the sleep was over, not by anything on the bastion's side.
+    assert IDLE_IN_TRANSACTION < transaction_gone < SLEEP + IDLE_IN_TRANSACTION + 5, timings
+    assert "audit.0002_test_hooks" not in _recorded(lab, fresh_db)  # rolled back with the session
+
+    again = finish_action(
+        start_action({**inputs, "extra-env": ""}, tmp_path / "again"), tmp_path / "again", time.monotonic()
+    )
+    assert again.returncode == 0, again.explain()
+    assert again.outputs["result"] == "success"
+    assert json.loads(again.outputs["applied"]) == ["audit.0002_test_hooks"]
+    assert sorted(_recorded(lab, fresh_db)) == sorted(SAMPLE_MIGRATIONS)
+
+
+def _sleeping(lab: Lab, database: str) -> bool:
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+        "AND query LIKE 'SELECT pg_sleep%'"
+    )
+    return admin_sql(lab, query, database) == "1"
+
+
+def _recorded(lab: Lab, database: str) -> list[str]:
+    if admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database) != "t":
+        return []
+    return admin_sql(lab, "SELECT app || '.' || name FROM django_migrations ORDER BY id", database).splitlines()
