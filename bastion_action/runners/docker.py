@@ -15,7 +15,7 @@ import aiodocker
 import aiohttp
 from aiodocker.types import JSONObject
 
-from bastion_action import aio
+from bastion_action import aio, cafile
 from bastion_action.errors import CommandError, PullError
 from bastion_action.runners import Output, command_env, with_interpreter
 from bastion_action.settings import ImageSettings, Mode, PullPolicy, Settings
@@ -164,8 +164,12 @@ class DockerRunner:
         env: Mapping[str, str],
         labels: Mapping[str, str],
         output: Output,
+        files: bytes | None = None,
     ) -> int:
-        """Run ``argv`` in the image with host networking; stream its output; always remove it."""
+        """Run ``argv`` in the image with host networking; stream its output; always remove it.
+
+        ``files``: a tar extracted at ``/`` before the command starts (the database's CA certificate).
+        """
         network = await self.network_mode()
         config: JSONObject = {
             "Image": image.image_id,
@@ -190,6 +194,8 @@ class DockerRunner:
             unreachable = self._unreachable(exc)
             raise CommandError(unreachable.message, hint=unreachable.hint, anchor="docker-daemon") from exc
         try:
+            if files:
+                await container.put_archive("/", files)  # type: ignore[no-untyped-call]  # unannotated in aiodocker
             # Attached before it starts, nothing is missed; and attached rather than following its log, as
             # `docker run` does, its output comes as written (the log holds an unfinished line back).
             async with container.attach(stdout=True, stderr=True) as stream:
@@ -233,7 +239,8 @@ class ImageRunner:
         env = command_env(self.settings.app, database_url, {})
         labels = {"environment": self.settings.environment, "command": self.settings.command.value}
         argv = with_interpreter(self.settings, self.interpreter(), argv)
-        return await self.daemon.run(image, argv, env=env, labels=labels, output=output)
+        files = cafile.archive_for(database_url)
+        return await self.daemon.run(image, argv, env=env, labels=labels, output=output, files=files)
 
 
 def daemon_address(docker: aiodocker.Docker) -> str:

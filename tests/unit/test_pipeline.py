@@ -644,3 +644,15 @@ async def test_a_session_ended_while_waiting_for_the_lock_is_a_lock_failure(sshd
         await holder.close()
     assert isinstance(run.error, LockError)
     assert run.error.message.startswith(f"the session taking the migration lock on database {name!r} ended: ")
+
+
+async def test_legacy_ssh_algorithms_warn_on_every_run(sshd, postgres, databases) -> None:
+    name = await databases()
+    parsed = make_settings(**inputs(sshd, postgres, name, command="probe", ssh_legacy_algorithms="true"))
+    out = io.StringIO()
+    run = await pipeline.execute(parsed, Console({}, stream=out))
+    assert run.result is Result.SUCCESS, run.error
+    assert out.getvalue().splitlines()[0] == (
+        "warning: ssh-legacy-algorithms is true: SHA-1 signatures (ssh-rsa), key exchange and MACs are accepted, "
+        "which OpenSSH 8.8 and newer refuse. Update the bastion's sshd and remove the flag."
+    )
