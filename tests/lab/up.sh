@@ -453,46 +453,37 @@ make_ca() {
     chmod 0644 "$LAB_CA_DIR/ca.crt"
 }
 
-make_registry_cert() {
-    local tls="$LAB_REGISTRY_DIR/tls" san="DNS:$LAB_REGISTRY_HOST,IP:$LAB_HOST_IP"
-    install -d -m 0700 "$tls"
-    if [[ -s $tls/server.key && -s $tls/server.crt ]] &&
-        openssl verify -CAfile "$LAB_CA_DIR/ca.crt" "$tls/server.crt" >/dev/null 2>&1 &&
-        [[ $(openssl x509 -noout -ext subjectAltName -in "$tls/server.crt" | tail -n1 | tr -d ' ') == "${san/IP:/IPAddress:}" ]]; then
+# issue_cert DIR CN SAN: DIR/server.key and DIR/server.crt from the lab CA for SAN, kept when they already
+# are; sets LAB_CERT_CHANGED=1 when it issues them.
+issue_cert() {
+    local dir=$1 cn=$2 san=$3
+    if [[ -s $dir/server.key && -s $dir/server.crt ]] &&
+        openssl verify -CAfile "$LAB_CA_DIR/ca.crt" "$dir/server.crt" >/dev/null 2>&1 &&
+        [[ $(openssl x509 -noout -ext subjectAltName -in "$dir/server.crt" | tail -n1 | tr -d ' ') == "${san//IP:/IPAddress:}" ]]; then
         return 0 # unchanged
     fi
-    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=$LAB_REGISTRY_HOST" \
-        -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
-    openssl x509 -req -in "$tls/server.csr" -CA "$LAB_CA_DIR/ca.crt" -CAkey "$LAB_CA_DIR/ca.key" \
-        -CAcreateserial -days 825 -out "$tls/server.crt" \
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=$cn" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    openssl x509 -req -in "$dir/server.csr" -CA "$LAB_CA_DIR/ca.crt" -CAkey "$LAB_CA_DIR/ca.key" \
+        -CAcreateserial -days 825 -out "$dir/server.crt" \
         -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$san") \
         2>/dev/null
-    chmod 0600 "$tls/server.key"
+    rm -f "$dir/server.csr"
+    chmod 0600 "$dir/server.key"
     LAB_CERT_CHANGED=1
 }
 
+make_registry_cert() {
+    local tls="$LAB_REGISTRY_DIR/tls"
+    install -d -m 0700 "$tls"
+    issue_cert "$tls" "$LAB_REGISTRY_HOST" "DNS:$LAB_REGISTRY_HOST,IP:$LAB_HOST_IP"
+}
+
 # The database's certificate, from the lab CA, for its name and address (verify-full works through the tunnel).
+# Written in place: PostgreSQL reads it only when it starts or reloads.
 make_db_cert() {
-    local san="DNS:$LAB_DB_TLS_NAME,IP:$LAB_DB_HOST"
-    if [[ -s $LAB_PG_DATA/server.key && -s $LAB_PG_DATA/server.crt ]] &&
-        openssl verify -CAfile "$LAB_CA_DIR/ca.crt" "$LAB_PG_DATA/server.crt" >/dev/null 2>&1 &&
-        [[ $(openssl x509 -noout -ext subjectAltName -in "$LAB_PG_DATA/server.crt" | tail -n1 | tr -d ' ') == "${san/IP:/IPAddress:}" ]]; then
-        return 0 # unchanged
-    fi
-    local tmp="$LAB_PG_DIR/tls.tmp"
-    rm -rf "$tmp" && install -d -m 0700 "$tmp"
-    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=$LAB_DB_TLS_NAME" \
-        -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>/dev/null
-    openssl x509 -req -in "$tmp/server.csr" -CA "$LAB_CA_DIR/ca.crt" -CAkey "$LAB_CA_DIR/ca.key" \
-        -CAcreateserial -days 825 -out "$tmp/server.crt" \
-        -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$san") \
-        2>/dev/null
-    chown postgres:postgres "$tmp/server.key" "$tmp/server.crt"
-    chmod 0600 "$tmp/server.key"
-    mv -f "$tmp/server.key" "$LAB_PG_DATA/server.key"
-    mv -f "$tmp/server.crt" "$LAB_PG_DATA/server.crt"
-    rm -rf "$tmp"
-    LAB_CERT_CHANGED=1
+    issue_cert "$LAB_PG_DATA" "$LAB_DB_TLS_NAME" "DNS:$LAB_DB_TLS_NAME,IP:$LAB_DB_HOST"
+    chown postgres:postgres "$LAB_PG_DATA/server.key" "$LAB_PG_DATA/server.crt"
 }
 
 update_etc_hosts() {
