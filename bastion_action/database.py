@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -19,6 +20,45 @@ PROBE_ATTEMPTS = 4
 _BACKOFF_SECONDS = (0.25, 0.5, 1.0)
 
 
+class _NamedTLS(ssl.SSLContext):
+    """Checks the certificate against ``server_name`` (db-host) where asyncpg names the address it dials.
+
+    asyncpg (0.32) passes the address it connects to, 127.0.0.1 here, as the TLS server name, and
+    has no parameter to name another; asyncio's TLS layer hands that name to ``wrap_bio``.
+    """
+
+    server_name: str | None = None
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        name = self.server_name if self.server_name is not None else server_hostname
+        return super().wrap_bio(incoming, outgoing, server_side, name, session)
+
+
+def tls_context(db: DatabaseSettings) -> ssl.SSLContext | str:
+    """What asyncpg's ``ssl`` takes: a context verifying against db-sslrootcert, else libpq's sslmode name."""
+    if not db.sslrootcert:
+        return db.sslmode
+    context = _NamedTLS(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=db.sslrootcert)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = db.sslmode == "verify-full"
+    if context.check_hostname:
+        context.server_name = db.host
+    return context
+
+
+def verified_name(db: DatabaseSettings) -> str | None:
+    """The name the database's certificate was checked against (verify-full); None when no name is checked."""
+    return db.host if db.sslrootcert and db.sslmode == "verify-full" else None
+
+
 async def connect(db: DatabaseSettings, port: int, timeout: float) -> asyncpg.Connection:
     """One connection through the tunnel; asyncpg's own errors are left to the caller."""
     return await asyncpg.connect(
@@ -27,16 +67,38 @@ async def connect(db: DatabaseSettings, port: int, timeout: float) -> asyncpg.Co
         user=db.user,
         password=db.password,
         database=db.name,
-        # asyncpg takes libpq's sslmode names as the `ssl` keyword.
-        ssl=db.sslmode,
+        # asyncpg takes libpq's sslmode names as the `ssl` keyword, or a context that verifies (always required).
+        ssl=tls_context(db),
         timeout=timeout,
         command_timeout=timeout,
         server_settings={"application_name": APPLICATION_NAME},
     )
 
 
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: the chain is trusted, the name is not in the certificate.
+_HOSTNAME_MISMATCH = 62
+
+
+def _untrusted(exc: ssl.SSLCertVerificationError, db: DatabaseSettings) -> ProbeError:
+    if exc.verify_code == _HOSTNAME_MISMATCH:
+        return ProbeError(
+            f"the database's certificate does not name {db.host} (db-host): {exc.verify_message}",
+            hint="With db-sslmode: verify-full, db-host must be a name the certificate carries: use the host "
+            "name your provider gives (not its address), or db-sslmode: verify-ca to check the CA alone.",
+            anchor="database-certificate",
+        )
+    return ProbeError(
+        f"the database's certificate is not signed by db-sslrootcert: {exc.verify_message}",
+        hint="db-sslrootcert must be the CA certificate of this database (DigitalOcean: the cluster's "
+        "'CA certificate' download); a man in the middle would fail the same way.",
+        anchor="database-certificate",
+    )
+
+
 def _fatal(exc: BaseException, db: DatabaseSettings) -> ProbeError | None:
     """Errors that a retry cannot fix, translated; None for transient ones."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _untrusted(exc, db)
     if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
         return ProbeError(
             f"the database refused user {db.user!r}: {exc}",
@@ -95,7 +157,8 @@ class Session:
     async def describe(self) -> ServerInfo:
         async with self.guard:
             with self._translated("reading the server's facts"):
-                return await _describe(self.connection)
+                db = self.db
+                return await _describe(self.connection, ca_verified=bool(db.sslrootcert), verified_as=verified_name(db))
 
     @contextlib.contextmanager
     def _translated(self, doing: str) -> Iterator[None]:
@@ -162,7 +225,7 @@ async def session(
             connection.terminate()
 
 
-async def _describe(connection: asyncpg.Connection) -> ServerInfo:
+async def _describe(connection: asyncpg.Connection, *, ca_verified: bool, verified_as: str | None) -> ServerInfo:
     started = time.perf_counter()
     await connection.fetchval("SELECT 1")
     rtt_ms = (time.perf_counter() - started) * 1000
@@ -186,4 +249,6 @@ async def _describe(connection: asyncpg.Connection) -> ServerInfo:
         ssl=bool(row["ssl"]),
         rtt_ms=rtt_ms,
         applied_migrations=applied,
+        ca_verified=ca_verified,
+        verified_as=verified_as,
     )

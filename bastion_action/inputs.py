@@ -107,6 +107,13 @@ INPUTS: tuple[InputSpec, ...] = (
         "false",
     ),
     InputSpec(
+        # Not in the file, as the skip flag: weakening the SSH algorithms must be visible in the workflow.
+        "ssh-legacy-algorithms",
+        "Also accept SHA-1 SSH algorithms (ssh-rsa signatures, SHA-1 key exchange and MACs) for an old bastion "
+        "(true/false); a warning says so on every run.",
+        "false",
+    ),
+    InputSpec(
         "ssh-jump-hosts",
         "Hops before the bastion, in order: [user@]host[:port], separated by commas or newlines. "
         "Each hop's host key is checked against ssh-known-hosts / ssh-host-fingerprint; hops use the same credentials.",
@@ -132,6 +139,13 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("db-user", "Database user.", in_file=True, by_prefix="DB_USER"),
     InputSpec("db-password", "Database password.", secret=True, by_prefix="DB_PASSWORD"),
     InputSpec("db-sslmode", "libpq sslmode for the database connection.", "prefer", in_file=True),
+    InputSpec(
+        "db-sslrootcert",
+        "CA certificate text (PEM) that signed the database's certificate; verify-ca and verify-full check it.",
+        in_file=True,
+        by_prefix="DB_SSLROOTCERT",
+        multi_line=True,
+    ),
     InputSpec(
         "databases",
         "Fan-out: several databases behind the same bastion, [host[:port]/]name separated by commas or newlines "

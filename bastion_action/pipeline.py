@@ -104,6 +104,11 @@ def _credentials(settings: Settings, console: Console) -> tunnel.Credentials:
             "ssh-insecure-skip-host-key-check is true but ssh-known-hosts / ssh-host-fingerprint are given: "
             "the host key is verified against them. Remove the skip flag."
         )
+    if settings.ssh.legacy_algorithms:
+        console.warning(
+            "ssh-legacy-algorithms is true: SHA-1 signatures (ssh-rsa), key exchange and MACs are accepted, "
+            "which OpenSSH 8.8 and newer refuse. Update the bastion's sshd and remove the flag."
+        )
     return credentials
 
 

@@ -56,6 +56,17 @@ class ServerInfo:
     ssl: bool
     rtt_ms: float
     applied_migrations: int | None  # rows in django_migrations; None when the table is absent
+    ca_verified: bool = False  # the certificate was checked against db-sslrootcert (verify-ca, verify-full)
+    verified_as: str | None = None  # and the name it was checked for (verify-full)
+
+    @property
+    def ssl_state(self) -> str:
+        """How the summary and the log describe the connection's TLS: what, if anything, was verified."""
+        if not self.ssl:
+            return "off"
+        if self.verified_as:
+            return f"on, verified as {self.verified_as}"
+        return "on, CA verified (name not checked)" if self.ca_verified else "on, not verified"
 
 
 @dataclasses.dataclass
@@ -276,7 +287,7 @@ def _facts(run: RunResult) -> list[str]:
         before = "no django_migrations table" if server.applied_migrations is None else str(server.applied_migrations)
         described = (
             f"PostgreSQL {_text(server.version)}, database {_code(server.database)} as "
-            f"{_code(server.user)}, SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
+            f"{_code(server.user)}, SSL {_text(server.ssl_state)}, {server.rtt_ms:.1f} ms round trip"
         )
         rows += [("server", described), ("recorded migrations at probe", before)]
     if run.tunnel_port is not None:

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shlex
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -107,6 +108,7 @@ class SSHSettings:
     jump_hosts: tuple[JumpHost, ...]
     keepalive_interval: float
     connect_timeout: float
+    legacy_algorithms: bool = False  # SHA-1 signatures, key exchange and MACs accepted too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +120,29 @@ class DatabaseSettings:
     password: str
     sslmode: str
     local_port: int
+    sslrootcert: str | None = None  # PEM text of the CA; given exactly when sslmode is verify-ca or verify-full
 
-    def url(self, port: int, host: str = "127.0.0.1") -> str:
-        """The ``postgresql://`` URL for the tunnel's end, every part percent-encoded."""
+    def url(self, port: int, host: str = "127.0.0.1", sslrootcert: str | None = None) -> str:
+        """The ``postgresql://`` URL for the tunnel's end, every part percent-encoded.
+
+        ``sslrootcert`` is the path of the CA file the command reads. With verify-full the URL's host
+        is db-host, the name the certificate must carry, and libpq's ``hostaddr`` the tunnel's end.
+        """
         user = quote(self.user, safe="")
         password = quote(self.password, safe="")
-        query = urlencode({"sslmode": self.sslmode})
-        return f"postgresql://{user}:{password}@{host}:{port}/{quote(self.name, safe='')}?{query}"
+        options = {"sslmode": self.sslmode}
+        if self.sslmode == "verify-full":
+            options["hostaddr"] = host
+            host = self.host
+        if sslrootcert:
+            options["sslrootcert"] = sslrootcert
+        return (
+            f"postgresql://{user}:{password}@{_url_host(host)}:{port}/{quote(self.name, safe='')}?{urlencode(options)}"
+        )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,13 +254,46 @@ def _ssh_settings(read: Reader) -> SSHSettings:
         jump_hosts=parse_jump_hosts(read.text("ssh-jump-hosts"), user),
         keepalive_interval=read.seconds("ssh-keepalive-interval"),
         connect_timeout=read.seconds("connect-timeout"),
+        legacy_algorithms=read.boolean("ssh-legacy-algorithms"),
     )
+
+
+VERIFYING_SSLMODES = ("verify-ca", "verify-full")
+
+
+def _sslrootcert(read: Reader, sslmode: str) -> str | None:
+    """The CA's PEM text: exactly when the mode verifies, and loadable, or an error naming both inputs."""
+    pem = read.optional("db-sslrootcert")
+    if sslmode in VERIFYING_SSLMODES and not pem:
+        raise SettingsError(
+            f"db-sslrootcert: required with db-sslmode: {sslmode}, expected the CA certificate (PEM text) "
+            "that signed the database's certificate, got nothing" + read.unset_secrets("db-sslrootcert"),
+            hint="Paste the CA certificate your provider hands out (DigitalOcean: the cluster's "
+            "'CA certificate' download), BEGIN and END lines included.",
+        )
+    if pem and sslmode not in VERIFYING_SSLMODES:
+        raise SettingsError(
+            f"db-sslmode: expected verify-ca or verify-full with db-sslrootcert, got {sslmode}: "
+            "the CA would not be checked",
+            hint="Set db-sslmode: verify-full (the certificate must name db-host) or verify-ca.",
+        )
+    if pem:
+        try:
+            ssl.create_default_context(cadata=pem)
+        except (ssl.SSLError, ValueError) as exc:
+            raise SettingsError(
+                "db-sslrootcert: expected PEM certificates ('-----BEGIN CERTIFICATE-----'), "
+                f"could not load them ({exc})",
+                hint="Paste the CA certificate's text as it is, BEGIN and END lines included.",
+            ) from None
+    return pem
 
 
 def _db_settings(read: Reader) -> DatabaseSettings:
     sslmode = read.text("db-sslmode").lower()
     if sslmode not in SSLMODES:
         raise input_error("db-sslmode", "one of " + " | ".join(SSLMODES), sslmode)
+    sslrootcert = _sslrootcert(read, sslmode)
     fan_out = bool(read.text("databases").strip())
     return DatabaseSettings(
         host=read.required("db-host", "the database host as seen from the bastion"),
@@ -252,6 +303,7 @@ def _db_settings(read: Reader) -> DatabaseSettings:
         password=read.required("db-password", "the database user's password"),
         sslmode=sslmode,
         local_port=read.port("local-port", allow_zero=True),
+        sslrootcert=sslrootcert,
     )
 
 

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bastion_action import aio, outcome
+from bastion_action import aio, cafile, outcome
 from bastion_action.clock import Clock
 from bastion_action.errors import PendingMigrationsError, Stage, TunnelError
 from bastion_action.gha import Console
@@ -167,7 +167,7 @@ class _Database:
         result.server = server
         self.say(
             f"probe: PostgreSQL {server.version}, database {server.database} as {server.user}, "
-            f"SSL {'on' if server.ssl else 'off'}, {server.rtt_ms:.1f} ms round trip"
+            f"SSL {server.ssl_state}, {server.rtt_ms:.1f} ms round trip"
         )
         return opened, session
 
@@ -243,6 +243,7 @@ async def run_database(shared: Shared, target: Target) -> None:
     """
     path = _Database(shared, target)
     async with contextlib.AsyncExitStack() as stack:
+        path.url = target.db.url(target.port, sslrootcert=stack.enter_context(cafile.written(target.db.sslrootcert)))
         try:
             if shared.settings.command.django:
                 path.launch_main()

@@ -29,6 +29,18 @@ ENCRYPTION_ALGS = (
     "aes128-ctr",
 )
 
+# What OpenSSH 8.8 stopped accepting by default, removed from asyncssh's own default lists (its
+# "-pattern" syntax), unless ssh-legacy-algorithms: SHA-1 is broken for signatures (chosen-prefix
+# collisions), and SHA-1 key exchange is as weak. OpenSSH still offers hmac-sha1; it goes too, as the
+# AEAD ciphers above carry their own MAC and every server since OpenSSH 5.9 offers hmac-sha2.
+MODERN_ALGS = {
+    "kex_algs": "-*-sha1",
+    "mac_algs": "-hmac-sha1*",
+    "signature_algs": "-ssh-rsa",
+    "server_host_key_algs": "-ssh-rsa,ssh-rsa-cert-v01@openssh.com",
+}
+LEGACY_INPUT = "ssh-legacy-algorithms"
+
 
 @dataclasses.dataclass(frozen=True)
 class Credentials:
@@ -240,11 +252,31 @@ def _translate(  # noqa: PLR0911
             hint="Check ssh-host." if direct else "Check ssh-jump-hosts and ssh-host.",
         )
     if isinstance(exc, asyncssh.Error):
+        return _refused_by_protocol(exc, ssh, where)
+    return TunnelError(f"SSH connection to {where} failed: {exc}", hint="Check ssh-host and ssh-port.")
+
+
+def _refused_by_protocol(exc: asyncssh.Error, ssh: SSHSettings, where: str) -> TunnelError:
+    """The SSH handshake failed: no algorithm in common (perhaps only SHA-1 ones offered), or another reason."""
+    if not isinstance(exc, asyncssh.KeyExchangeFailed):
         return TunnelError(
             f"SSH connection to {where} failed: {exc.reason}",
             hint="Check that the address is an SSH server (the bastion) and the settings match it.",
         )
-    return TunnelError(f"SSH connection to {where} failed: {exc}", hint="Check ssh-host and ssh-port.")
+    if ssh.legacy_algorithms:
+        return TunnelError(
+            f"SSH connection to {where} failed: no algorithm in common ({exc.reason})",
+            hint="The server offers none of the algorithms asyncssh supports; see its sshd_config "
+            "(KexAlgorithms, HostKeyAlgorithms, Ciphers, MACs).",
+            anchor="legacy-algorithms",
+        )
+    return TunnelError(
+        f"SSH connection to {where} failed: no algorithm in common ({exc.reason}); SHA-1 algorithms "
+        "(ssh-rsa signatures, SHA-1 key exchange and MACs) are refused, as by OpenSSH 8.8 and newer",
+        hint=f"Update the server's sshd (or give it an ed25519 host key); until then, {LEGACY_INPUT}: true "
+        "accepts SHA-1 algorithms, which weakens the connection's protection.",
+        anchor="legacy-algorithms",
+    )
 
 
 async def _close(connection: asyncssh.SSHClientConnection) -> None:
@@ -275,6 +307,7 @@ async def _connect_hop(
         keepalive_interval=ssh.keepalive_interval,
         keepalive_count_max=KEEPALIVE_COUNT_MAX,
         encryption_algs=ENCRYPTION_ALGS,
+        **({} if ssh.legacy_algorithms else MODERN_ALGS),
         connect_timeout=ssh.connect_timeout,
         login_timeout=ssh.connect_timeout,
     )

@@ -128,9 +128,16 @@ def _keys() -> tuple[asyncssh.SSHKey, asyncssh.SSHKey]:
 
 
 @contextlib.asynccontextmanager
-async def start_sshd(client_key: asyncssh.SSHKey | None = None) -> AsyncIterator[SSHD]:
-    """An SSH server on 127.0.0.1:<ephemeral>; ``client_key`` shares one client key between servers."""
-    host_key, generated = _keys()
+async def start_sshd(
+    client_key: asyncssh.SSHKey | None = None, host_key: asyncssh.SSHKey | None = None, **options: Any
+) -> AsyncIterator[SSHD]:
+    """An SSH server on 127.0.0.1:<ephemeral>; ``client_key`` shares one client key between servers.
+
+    ``options`` go to ``asyncssh.create_server`` (``kex_algs=[...]`` for an old server's algorithms;
+    ``server_host_keys=[keypair]`` for a key pair whose ``host_key_algorithms`` were narrowed).
+    """
+    generated_host_key, generated = _keys()
+    host_key = host_key or generated_host_key
     client_key = client_key or generated
     public = client_key.export_public_key().decode()
     sshd = SSHD(
@@ -143,13 +150,14 @@ async def start_sshd(client_key: asyncssh.SSHKey | None = None) -> AsyncIterator
         fingerprint=host_key.get_fingerprint("sha256"),
         host_key=host_key,
     )
+    options.setdefault("server_host_keys", [host_key])
     acceptor = await asyncssh.create_server(
         lambda: _Server(sshd),
         HOST,
         0,
-        server_host_keys=[host_key],
         authorized_client_keys=asyncssh.import_authorized_keys(public),
         allow_pty=False,
+        **options,
     )
     sshd.port = acceptor.get_port()
     sshd.known_hosts = f"[{HOST}]:{sshd.port} {host_key.export_public_key().decode().strip()}"

@@ -15,7 +15,7 @@ import aiodocker
 import aiohttp
 from aiodocker.types import JSONObject
 
-from bastion_action import aio
+from bastion_action import aio, cafile
 from bastion_action.errors import CommandError, PullError
 from bastion_action.runners import Output, command_env, with_interpreter
 from bastion_action.settings import ImageSettings, Mode, PullPolicy, Settings
@@ -168,12 +168,14 @@ class DockerRunner:
         env: Mapping[str, str],
         labels: Mapping[str, str],
         output: Output,
+        files: bytes | None = None,
     ) -> int:
         """Run ``argv`` in the image with host networking; stream its output; never leave the container behind.
 
         The engine removes the container when it exits (``docker run --rm``), so none
         survives this process even if it is killed; a cancel stops it as ``docker stop``
-        does: SIGTERM, then SIGKILL after STOP_GRACE_SECONDS.
+        does: SIGTERM, then SIGKILL after STOP_GRACE_SECONDS. ``files``: a tar extracted
+        at ``/`` before the command starts (the database's CA certificate).
         """
         network = await self.network_mode()
         config: JSONObject = {
@@ -202,6 +204,8 @@ class DockerRunner:
         removed = asyncio.ensure_future(self._wait_removed(container, registered))
         started = False
         try:
+            if files:
+                await container.put_archive("/", files)  # type: ignore[no-untyped-call]  # unannotated in aiodocker
             # Attached before it starts, nothing is missed; and attached rather than following its log, as
             # `docker run` does, its output comes as written (the log holds an unfinished line back).
             async with container.attach(stdout=True, stderr=True) as stream:
@@ -278,7 +282,8 @@ class ImageRunner:
         env = command_env(self.settings.app, database_url, {})
         labels = {"environment": self.settings.environment, "command": self.settings.command.value}
         argv = with_interpreter(self.settings, self.interpreter(), argv)
-        return await self.daemon.run(image, argv, env=env, labels=labels, output=output)
+        files = cafile.archive_for(database_url)
+        return await self.daemon.run(image, argv, env=env, labels=labels, output=output, files=files)
 
 
 def daemon_address(docker: aiodocker.Docker) -> str:

@@ -5,7 +5,8 @@ Everything secret or site-specific comes from the environment:
 
 - ``SECRET_KEY`` (required)
 - ``DATABASE_URL`` (required), e.g.
-  ``postgresql://migrator:p%40ss@10.231.2.2:5432/app?sslmode=require``
+  ``postgresql://migrator:p%40ss@10.231.2.2:5432/app?sslmode=require`` or
+  ``postgresql://migrator:p%40ss@db.example:40123/app?sslmode=verify-full&hostaddr=127.0.0.1&sslrootcert=/tmp/ca.crt``
 
 The URL is parsed by hand (no dj-database-url: Debian's 0.5.0 maps
 ``postgres://`` to an engine name Django 3 removed).
@@ -20,8 +21,11 @@ POSTGRES_SCHEMES = ("postgres", "postgresql")
 
 def parse_database_url(url):
     """Turn ``postgres[ql]://user:pass@host:port/name?sslmode=...`` into a
-    Django DATABASES entry. User and password are percent-decoded; of the
-    query string only ``sslmode`` is used (into OPTIONS), the rest is ignored.
+    Django DATABASES entry. User and password are percent-decoded; every
+    query parameter is a libpq connection keyword (``sslmode``, ``hostaddr``,
+    ``sslrootcert``...) and goes to OPTIONS, as dj-database-url does: libpq
+    then checks the certificate against the URL's host while connecting to
+    ``hostaddr``.
     """
     try:
         parts = urlsplit(url)
@@ -33,10 +37,7 @@ def parse_database_url(url):
             "DATABASE_URL scheme must be one of %s, got %r"
             % (", ".join(POSTGRES_SCHEMES), parts.scheme)
         )
-    options = {}
-    sslmode = parse_qs(parts.query).get("sslmode")
-    if sslmode:
-        options["sslmode"] = sslmode[-1]
+    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": unquote(parts.path[1:] if parts.path.startswith("/") else parts.path),

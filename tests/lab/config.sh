@@ -62,6 +62,11 @@
 : "${LAB_DB_MAX_CONNECTIONS:=200}"
 : "${LAB_DB_CLOSED_PORT:=5433}"   # nothing listens there on the private host (a database that is down)
 : "${LAB_DB_SILENT_PORT:=5439}"   # the private host drops packets to it (a database that never answers)
+# The server certificate (from the lab CA, LAB_CA_DIR) names LAB_DB_TLS_NAME and LAB_DB_HOST; both names
+# below resolve to LAB_DB_HOST through /etc/hosts, which the bastion's namespace shares. The alias is a
+# name the certificate does not carry (a verify-full mismatch on the right server).
+: "${LAB_DB_TLS_NAME:=db.${LAB_PREFIX}.test}"
+: "${LAB_DB_ALIAS_NAME:=db-alias.${LAB_PREFIX}.test}"
 
 # Registry (TLS from a lab CA, htpasswd auth) on the host side of the veth:
 # not on 127.0.0.0/8, which dockerd treats as an insecure registry.

@@ -212,6 +212,14 @@ hostssl all      all  $LAB_HBA_CIDR    scram-sha-256
 host    all      all  $LAB_HBA_CIDR    scram-sha-256
 EOF
     chown postgres:postgres "$LAB_PG_DATA/lab.conf" "$LAB_PG_DATA/pg_hba.conf"
+    make_ca
+    LAB_CERT_CHANGED=0
+    make_db_cert
+    if pg_running && ((LAB_CERT_CHANGED)) && ! ((changed)); then
+        # PostgreSQL reads its certificate again on reload: sessions of running tests are kept.
+        log "    server certificate changed: reloading postgres"
+        pg_admin -c "SELECT pg_reload_conf()" >/dev/null
+    fi
     if pg_running && ((changed)); then
         log "    configuration changed: restarting postgres"
         stop_postgres
@@ -445,22 +453,37 @@ make_ca() {
     chmod 0644 "$LAB_CA_DIR/ca.crt"
 }
 
-make_registry_cert() {
-    local tls="$LAB_REGISTRY_DIR/tls" san="DNS:$LAB_REGISTRY_HOST,IP:$LAB_HOST_IP"
-    install -d -m 0700 "$tls"
-    if [[ -s $tls/server.key && -s $tls/server.crt ]] &&
-        openssl verify -CAfile "$LAB_CA_DIR/ca.crt" "$tls/server.crt" >/dev/null 2>&1 &&
-        [[ $(openssl x509 -noout -ext subjectAltName -in "$tls/server.crt" | tail -n1 | tr -d ' ') == "${san/IP:/IPAddress:}" ]]; then
+# issue_cert DIR CN SAN: DIR/server.key and DIR/server.crt from the lab CA for SAN, kept when they already
+# are; sets LAB_CERT_CHANGED=1 when it issues them.
+issue_cert() {
+    local dir=$1 cn=$2 san=$3
+    if [[ -s $dir/server.key && -s $dir/server.crt ]] &&
+        openssl verify -CAfile "$LAB_CA_DIR/ca.crt" "$dir/server.crt" >/dev/null 2>&1 &&
+        [[ $(openssl x509 -noout -ext subjectAltName -in "$dir/server.crt" | tail -n1 | tr -d ' ') == "${san//IP:/IPAddress:}" ]]; then
         return 0 # unchanged
     fi
-    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=$LAB_REGISTRY_HOST" \
-        -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
-    openssl x509 -req -in "$tls/server.csr" -CA "$LAB_CA_DIR/ca.crt" -CAkey "$LAB_CA_DIR/ca.key" \
-        -CAcreateserial -days 825 -out "$tls/server.crt" \
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=$cn" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+    openssl x509 -req -in "$dir/server.csr" -CA "$LAB_CA_DIR/ca.crt" -CAkey "$LAB_CA_DIR/ca.key" \
+        -CAcreateserial -days 825 -out "$dir/server.crt" \
         -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$san") \
         2>/dev/null
-    chmod 0600 "$tls/server.key"
+    rm -f "$dir/server.csr"
+    chmod 0600 "$dir/server.key"
     LAB_CERT_CHANGED=1
+}
+
+make_registry_cert() {
+    local tls="$LAB_REGISTRY_DIR/tls"
+    install -d -m 0700 "$tls"
+    issue_cert "$tls" "$LAB_REGISTRY_HOST" "DNS:$LAB_REGISTRY_HOST,IP:$LAB_HOST_IP"
+}
+
+# The database's certificate, from the lab CA, for its name and address (verify-full works through the tunnel).
+# Written in place: PostgreSQL reads it only when it starts or reloads.
+make_db_cert() {
+    issue_cert "$LAB_PG_DATA" "$LAB_DB_TLS_NAME" "DNS:$LAB_DB_TLS_NAME,IP:$LAB_DB_HOST"
+    chown postgres:postgres "$LAB_PG_DATA/server.key" "$LAB_PG_DATA/server.crt"
 }
 
 update_etc_hosts() {
@@ -468,6 +491,8 @@ update_etc_hosts() {
     tmp=$(mktemp)
     grep -vF "$LAB_HOSTS_MARKER" /etc/hosts >"$tmp" || true
     printf '%s %s %s\n' "$LAB_HOST_IP" "$LAB_REGISTRY_HOST" "$LAB_HOSTS_MARKER" >>"$tmp"
+    # Resolved by the bastion's sshd (its namespace shares /etc/hosts) when it opens the forward.
+    printf '%s %s %s %s\n' "$LAB_DB_HOST" "$LAB_DB_TLS_NAME" "$LAB_DB_ALIAS_NAME" "$LAB_HOSTS_MARKER" >>"$tmp"
     # Rewrite in place (not mv): /etc/hosts may be a bind mount.
     cmp -s "$tmp" /etc/hosts || cat "$tmp" >/etc/hosts
     rm -f "$tmp"
@@ -736,6 +761,9 @@ info = {
     "db_name": e["LAB_DB_NAME"],
     "db_user": e["LAB_DB_USER"],
     "db_password": e["LAB_DB_PASSWORD"],
+    "db_tls_name": e["LAB_DB_TLS_NAME"],
+    "db_tls_alias": e["LAB_DB_ALIAS_NAME"],
+    "db_ca_path": e["LAB_CA_DIR"] + "/ca.crt",
     "db_admin_argv": [
         "ip", "netns", "exec", e["LAB_PRIVATE_NS"], "runuser", "-u", "postgres", "--",
         e["LAB_PG_BIN"] + "/psql", "-h", e["LAB_PG_SOCKET_DIR"], "-p", e["LAB_DB_PORT"],
@@ -784,7 +812,8 @@ export_for_info() {
     export LAB_FP LAB_WRONG_FP LAB_DIR LAB_BASTION_NS LAB_PRIVATE_NS LAB_BASTION_IP LAB_SSH_PORT \
         LAB_SSH_PASSWORD_USER LAB_SSH_PASSWORD LAB_SSH_KEY_USER LAB_SSH_KEY_PASSPHRASE LAB_SSH_DIR \
         LAB_DB_HOST LAB_DB_PORT LAB_DB_NAME LAB_DB_USER LAB_DB_PASSWORD LAB_PG_BIN LAB_PG_SOCKET_DIR \
-        LAB_VENV LAB_REGISTRY LAB_REGISTRY_USER LAB_REGISTRY_PASSWORD LAB_IMAGE LAB_IMAGE_TAG
+        LAB_VENV LAB_REGISTRY LAB_REGISTRY_USER LAB_REGISTRY_PASSWORD LAB_IMAGE LAB_IMAGE_TAG \
+        LAB_DB_TLS_NAME LAB_DB_ALIAS_NAME LAB_CA_DIR
     write_info
 }
 

@@ -60,6 +60,7 @@ def test_the_multi_line_inputs_are_the_texts_lists_and_scripts() -> None:
     assert multi == {
         "args",
         "ssh-known-hosts",
+        "db-sslrootcert",
         "ssh-host-fingerprint",
         "ssh-jump-hosts",
         "databases",

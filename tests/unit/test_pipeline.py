@@ -841,3 +841,15 @@ async def test_releasing_a_lost_lease_leaves_the_session_alone(postgres, databas
     finally:
         await connection.close()
     assert await lock_holder_pid(postgres, name) is None
+
+
+async def test_legacy_ssh_algorithms_warn_on_every_run(sshd, postgres, databases) -> None:
+    name = await databases()
+    parsed = make_settings(**inputs(sshd, postgres, name, command="probe", ssh_legacy_algorithms="true"))
+    out = io.StringIO()
+    run = await pipeline.execute(parsed, Console({}, stream=out))
+    assert run.result is Result.SUCCESS, run.error
+    assert out.getvalue().splitlines()[0] == (
+        "warning: ssh-legacy-algorithms is true: SHA-1 signatures (ssh-rsa), key exchange and MACs are accepted, "
+        "which OpenSSH 8.8 and newer refuse. Update the bastion's sshd and remove the flag."
+    )

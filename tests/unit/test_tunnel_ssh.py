@@ -265,3 +265,68 @@ async def until_no_connections(sshd: SSHD) -> None:
     async with asyncio.timeout(2):
         while sshd.connections:  # noqa: ASYNC110 - the server's set changes on connection_lost, no event
             await asyncio.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def rsa_host_key() -> asyncssh.SSHKey:
+    return asyncssh.generate_private_key("ssh-rsa", key_size=2048)
+
+
+def _sha1_only(key: asyncssh.SSHKey, **algs: list[str]) -> dict[str, Any]:
+    """create_server options of an sshd from before OpenSSH 7.2: its RSA host key signs with SHA-1 only."""
+    pair = asyncssh.load_keypairs([key])[0]
+    pair.host_key_algorithms = [b"ssh-rsa"]
+    return {"host_key": key, "server_host_keys": [pair], **algs}
+
+
+_SHA1_KEX_AND_MACS = {
+    "kex_algs": ["diffie-hellman-group14-sha1", "diffie-hellman-group-exchange-sha1"],
+    "mac_algs": ["hmac-sha1", "hmac-sha1-96"],
+    "encryption_algs": ["aes128-ctr"],
+}
+
+
+@pytest.mark.parametrize(
+    ("host_key_sha1_only", "algs"),
+    [
+        pytest.param(False, {"kex_algs": ["diffie-hellman-group14-sha1"]}, id="sha1-kex"),
+        pytest.param(False, {"kex_algs": ["diffie-hellman-group-exchange-sha1"]}, id="sha1-gex"),
+        pytest.param(
+            False, {"mac_algs": ["hmac-sha1-etm@openssh.com"], "encryption_algs": ["aes128-ctr"]}, id="sha1-mac"
+        ),
+        pytest.param(True, {}, id="ssh-rsa-host-key"),
+        pytest.param(True, _SHA1_KEX_AND_MACS, id="all-sha1"),
+    ],
+)
+@pytest.mark.filterwarnings(
+    "ignore:Diffie-Hellman over finite fields:cryptography.utils.CryptographyDeprecationWarning"
+)
+async def test_a_sha1_only_server_is_refused_naming_the_input(
+    rsa_host_key: asyncssh.SSHKey, host_key_sha1_only: bool, algs: dict[str, list[str]]
+) -> None:
+    options = _sha1_only(rsa_host_key, **algs) if host_key_sha1_only else {"host_key": rsa_host_key, **algs}
+    async with start_sshd(**options) as old:
+        error = await connect_error(old.settings())
+    assert error.anchor == "legacy-algorithms"
+    assert "SHA-1 algorithms" in error.message
+    assert "ssh-legacy-algorithms: true" in (error.hint or "")
+
+
+# The server's finite-field Diffie-Hellman (group14-sha1) is what cryptography deprecates.
+@pytest.mark.filterwarnings(
+    "ignore:Diffie-Hellman over finite fields:cryptography.utils.CryptographyDeprecationWarning"
+)
+async def test_ssh_legacy_algorithms_accepts_a_sha1_only_server(rsa_host_key: asyncssh.SSHKey, echo: Target) -> None:
+    async with start_sshd(**_sha1_only(rsa_host_key, **_SHA1_KEX_AND_MACS)) as old:
+        by_known_hosts = old.settings(legacy_algorithms=True)
+        by_fingerprint = old.settings(legacy_algorithms=True, known_hosts=None, host_fingerprints=(old.fingerprint,))
+        for ssh in (by_known_hosts, by_fingerprint):
+            async with tunnel.open_tunnel(ssh, tunnel.load_credentials(ssh), echo.host, echo.port) as opened:
+                assert await echoes(opened.port) == b"ping"
+
+
+async def test_an_rsa_host_key_is_accepted_with_sha2_signatures(rsa_host_key: asyncssh.SSHKey, echo: Target) -> None:
+    async with start_sshd(host_key=rsa_host_key) as server:
+        ssh = server.settings()
+        async with tunnel.open_tunnel(ssh, tunnel.load_credentials(ssh), echo.host, echo.port) as opened:
+            assert await echoes(opened.port) == b"ping"
