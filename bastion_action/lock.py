@@ -91,6 +91,7 @@ class Lease:
         self.seconds: float | None = None  # the lease, once the lock is held
         self.server_bound = False  # whether the server itself ends a silent session (idle_session_timeout)
         self.lost: asyncio.Future[LockError] = asyncio.get_running_loop().create_future()
+        self.unanswered = False  # lost because the heartbeat went unanswered (the link may be the cause)
         self.break_stale = False  # end a stale holder (see the module's docstring) instead of waiting for it
         self.broken: list[LockHolder] = []  # the stale holders this lease ended
         self._heartbeat: asyncio.Task[None] | None = None
@@ -210,6 +211,7 @@ class Lease:
                 async with self.guard, asyncio.timeout(interval):
                     await self.connection.fetchval("SELECT 1")
             except TimeoutError:
+                self.unanswered = True
                 self._lose(f"its session did not answer within {interval:g} s (a silent link, or a stuck server)")
                 return
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:

@@ -60,6 +60,15 @@ class Target:
         return int(self.sock.getsockname()[1])
 
 
+def tunnel_dropped() -> TunnelError:
+    return TunnelError(
+        "the SSH connection to the bastion ended while the run used it; what was running was stopped",
+        hint="The bastion or the network dropped the link (keepalives went unanswered). "
+        "Re-run; if it repeats, check the bastion's sshd logs and idle timeouts.",
+        anchor="tunnel-dropped",
+    )
+
+
 async def while_tunnel_up(work: Awaitable[_T], opened: tunnel.Tunnel) -> _T:
     """The work's result, unless the tunnel ends first: then the work is stopped (never a hang on a dead link)."""
     running = asyncio.ensure_future(work)
@@ -70,36 +79,37 @@ async def while_tunnel_up(work: Awaitable[_T], opened: tunnel.Tunnel) -> _T:
             return running.result()
     finally:
         await aio.stop(running, dropped)
-    raise TunnelError(
-        "the SSH connection to the bastion ended while the run used it; what was running was stopped",
-        hint="The bastion or the network dropped the link (keepalives went unanswered). "
-        "Re-run; if it repeats, check the bastion's sshd logs and idle timeouts.",
-        anchor="tunnel-dropped",
-    )
+    raise tunnel_dropped()
 
 
-async def guarded(work: Awaitable[_T], lease: Lease, gate: tunnel.Gate) -> _T:
+async def guarded(
+    work: Awaitable[_T], lease: Lease, gate: tunnel.Gate, opened: tunnel.Tunnel, link_verdict: float
+) -> _T:
     """The work's result, unless the lock is lost first.
 
     Then the command's connections are cut at once (no other run may migrate alongside a live
-    session of this one) and the work is stopped. A lease that ended because the SSH link did
-    is reported as the tunnel's failure: the work notices the link within a moment.
+    session of this one) and the work is stopped. Only then is the cause told: a lease that
+    ended because the SSH link did is the tunnel's failure. A heartbeat that went unanswered
+    may be a silent link, which the SSH keepalives declare dead within ``link_verdict``
+    seconds: that long, at most, the verdict waits for them.
     """
     if not lease.held:
         return await work
     running = asyncio.ensure_future(work)
+    dropped = asyncio.ensure_future(opened.wait_closed())
     try:
         waiters: set[asyncio.Future[Any]] = {running, lease.lost}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if running.done():
             return running.result()
         gate.close()
-        await asyncio.wait({running}, timeout=LINK_GRACE_SECONDS)
-        if running.done() and not running.cancelled() and isinstance(running.exception(), TunnelError):
-            raise running.exception()  # type: ignore[misc]
+        await aio.stop(running)
+        await asyncio.wait({dropped}, timeout=link_verdict if lease.unanswered else LINK_GRACE_SECONDS)
+        if dropped.done():
+            raise tunnel_dropped()
         raise lease.lost.result()
     finally:
-        await aio.stop(running)
+        await aio.stop(running, dropped)
 
 
 class _Database:
@@ -259,7 +269,13 @@ async def run_database(shared: Shared, target: Target) -> None:
                 if path.settings.lock:
                     await path.lock(session, opened)
                 try:
-                    await guarded(path.command(opened, session, gate), session.lease, gate)
+                    await guarded(
+                        path.command(opened, session, gate),
+                        session.lease,
+                        gate,
+                        opened,
+                        path.settings.ssh.keepalive_interval * (tunnel.KEEPALIVE_COUNT_MAX + 1),
+                    )
                 finally:
                     await session.unlock()
         finally:

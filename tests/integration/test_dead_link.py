@@ -21,9 +21,9 @@ from support import SAMPLE_MIGRATIONS, admin_sql, assert_failed_in, finish_actio
 
 Lab = dict[str, Any]
 
-# s: the action notices the dead link after 3 unanswered keepalives, before the lock's heartbeat (every
-# third of the lease) times out and the lease is given up: the link, not the lock, is named
-KEEPALIVE = 0.3
+# s: the lock's heartbeat (every third of the lease) may go unanswered before 3 keepalives have; the
+# command is stopped at once either way, and the verdict waits for the keepalives: the link is named
+KEEPALIVE = 1.0
 LEASE = 5  # s: lock-lease-seconds
 IDLE_IN_TRANSACTION = 10  # s: db-idle-in-transaction-timeout
 SLEEP = 6  # s: the migration's pg_sleep, which ends after the link is cut and the runner is gone
