@@ -22,13 +22,13 @@ from bastion_action.clock import Clock
 from bastion_action.errors import PendingMigrationsError, Stage, TunnelError
 from bastion_action.gha import Console
 from bastion_action.launch import Launched, launch
-from bastion_action.lock import Lease, lock_keys
 from bastion_action.report import TAIL_LINES, Result, RunResult
 from bastion_action.runners import Runner, command_argv, title
 from bastion_action.settings import Command, DatabaseSettings, Settings
 
 if TYPE_CHECKING:
     from bastion_action import database, tunnel
+    from bastion_action.lock import Lease
 
 _T = TypeVar("_T")
 LINK_GRACE_SECONDS = 0.5
@@ -187,6 +187,8 @@ class _Database:
         with self.clock.stage_of(Stage.LOCK):
             waited = await while_tunnel_up(session.lock(settings.lock_timeout, settings.lock_lease, self.say), opened)
         self.result.lock_wait = waited
+        from bastion_action.lock import lock_keys  # noqa: PLC0415 - asyncpg: loaded by the pipeline in a thread
+
         key1, key2 = lock_keys(self.target.db.name)
         lease = session.lease
         bound = "the server ends it" if lease.server_bound else "PostgreSQL < 14 cannot end it"
