@@ -188,6 +188,12 @@ class Session:
         async with self.guard:
             return await self.lease.acquire(timeout, lease, on_wait)
 
+    async def start_lease(self, lease: float) -> None:
+        """From now on the server ends this session after ``lease`` s of silence, and the action speaks."""
+        async with self.guard:
+            with self._translated("binding the session to the lock's lease"):
+                await self.lease.start(lease)
+
     async def unlock(self) -> None:
         async with self.guard:
             await self.lease.release()

@@ -101,7 +101,8 @@ class Lease:
         started = time.perf_counter()
         try:
             await self._wait(started, timeout, lease, on_wait)
-            await self._bind(lease)
+            if self._heartbeat is None:
+                await self._bind(lease)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise LockError(
                 f"the session taking the migration lock on database {self.database!r} ended: {exc}",
@@ -177,6 +178,12 @@ class Lease:
             return f"lock: {holder.describe()} is no longer stale or no longer holds the lock; not ended"
         self.broken.append(holder)
         return f"lock: ended {holder.describe()}, {why} (lock-break-stale)"
+
+    async def start(self, lease: float) -> None:
+        """Bind the session to the lease before the lock is taken, so a role's own shorter
+        ``idle_session_timeout`` cannot end it while the run waits (for the pull, say)."""
+        if self._heartbeat is None:
+            await self._bind(lease)
 
     async def _bind(self, lease: float) -> None:
         """The server ends this session after ``lease`` s of silence; the action speaks well within it."""

@@ -174,6 +174,8 @@ class _Database:
                 opened,
             )
             server = await while_tunnel_up(session.describe(), opened)
+            if settings.lock and settings.command is not Command.PROBE:
+                await while_tunnel_up(session.start_lease(settings.lock_lease), opened)
         result.server = server
         self.say(
             f"probe: PostgreSQL {server.version}, database {server.database} as {server.user}, "

@@ -93,8 +93,10 @@ class ScriptedRunner:
         self,
         script: Callable[[asyncpg.Connection, Emit], Awaitable[int]] | None = None,
         plan: list[str] | None = None,
+        ready_after: float = 0.0,
     ) -> None:
         self.script = script or apply_migrations
+        self.ready_after = ready_after  # seconds before a command can start here, as a pull takes
         self.plan = plan  # what `manage.py migrate --plan` prints when the pipeline asks what is left
         self.argvs: list[list[str]] = []
         self.started: list[float] = []
@@ -109,7 +111,7 @@ class ScriptedRunner:
         return "python"
 
     async def ready(self) -> None:
-        return
+        await asyncio.sleep(self.ready_after)
 
     async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:
         self.argvs.append(list(argv))
@@ -853,3 +855,37 @@ async def test_legacy_ssh_algorithms_warn_on_every_run(sshd, postgres, databases
         "warning: ssh-legacy-algorithms is true: SHA-1 signatures (ssh-rsa), key exchange and MACs are accepted, "
         "which OpenSSH 8.8 and newer refuse. Update the bastion's sshd and remove the flag."
     )
+
+
+async def test_a_roles_shorter_idle_session_timeout_does_not_end_the_lease(sshd, postgres, databases) -> None:
+    name = await databases()
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres.dsn(name))
+    seen: list[int | None] = []
+
+    async def long_and_quiet(_connection: asyncpg.Connection, emit: Emit) -> int:
+        await asyncio.sleep(4)  # the role ends idle sessions after 1 s; the "pull" before the lock took 2.5 s
+        seen.append(await lock_holder_pid(postgres, name))
+        emit("done")
+        return 0
+
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'r-pw' IN ROLE pg_read_all_stats")
+        await admin.execute(f"ALTER ROLE {role} SET idle_session_timeout = '1s'")
+        await admin.execute(f'GRANT ALL ON DATABASE "{name}" TO {role}')
+        run = await execute(
+            ScriptedRunner(long_and_quiet, ready_after=2.5), sshd, postgres, name, db_user=role, db_password="r-pw",
+            command="custom", args="sleep 4", lock_lease_seconds="3",
+        )  # fmt: skip
+    finally:
+        await admin.execute(f'REVOKE ALL ON DATABASE "{name}" FROM {role}')
+        await admin.close()
+        await asyncio.sleep(0.2)
+        cleanup = await asyncpg.connect(postgres.dsn())
+        try:
+            await cleanup.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await cleanup.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await cleanup.close()
+    assert run.result is Result.SUCCESS, run.error
+    assert seen[0] is not None  # the lock still held, by the action's session, after four role timeouts
