@@ -28,6 +28,7 @@ from bastion_action.settings import Command, DatabaseSettings, Settings
 
 if TYPE_CHECKING:
     from bastion_action import database, tunnel
+    from bastion_action.gates import Gate
     from bastion_action.lock import Lease
 
 _T = TypeVar("_T")
@@ -82,9 +83,7 @@ async def while_tunnel_up(work: Awaitable[_T], opened: tunnel.Tunnel) -> _T:
     raise tunnel_dropped()
 
 
-async def guarded(
-    work: Awaitable[_T], lease: Lease, gate: tunnel.Gate, opened: tunnel.Tunnel, link_verdict: float
-) -> _T:
+async def guarded(work: Awaitable[_T], lease: Lease, gate: Gate, opened: tunnel.Tunnel, link_verdict: float) -> _T:
     """The work's result, unless the lock is lost first.
 
     Then the command's connections are cut at once (no other run may migrate alongside a live
@@ -150,7 +149,7 @@ class _Database:
         return code, "\n".join(launched.output)
 
     async def connect(
-        self, stack: contextlib.AsyncExitStack, chain: tunnel.Chain, gate: tunnel.Gate
+        self, stack: contextlib.AsyncExitStack, chain: tunnel.Chain, gate: Gate
     ) -> tuple[tunnel.Tunnel, database.Session]:
         from bastion_action import database, tunnel  # noqa: PLC0415 - loaded by the pipeline in a thread
 
@@ -199,7 +198,7 @@ class _Database:
             f"as a {lease.seconds:g} s lease ({bound} if the action goes silent)"
         )
 
-    async def command(self, opened: tunnel.Tunnel, session: database.Session, gate: tunnel.Gate) -> None:
+    async def command(self, opened: tunnel.Tunnel, session: database.Session, gate: Gate) -> None:
         settings, result, db = self.settings, self.result, self.target.db
         # A read-only command cannot apply anything: no "before" state is needed, and its gate may be open already.
         before = None if settings.command.read_only else await session.snapshot()
@@ -262,9 +261,9 @@ async def run_database(shared: Shared, target: Target) -> None:
             if shared.settings.command.django:
                 path.launch_main()
             chain = await asyncio.shield(shared.chain)  # one database's end must not cancel the others' connection
-            from bastion_action import tunnel  # noqa: PLC0415 - imported by the pipeline (in a thread) by now
+            from bastion_action import gates, tunnel  # noqa: PLC0415 - imported by the pipeline (in a thread) by now
 
-            gate = await stack.enter_async_context(tunnel.gate(target.sock))
+            gate = await stack.enter_async_context(gates.gate(target.sock))
             opened, session = await path.connect(stack, chain, gate)
             for runner in (shared.runner, shared.second):
                 if runner is not None:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import action_inputs, load_lab
 
-from bastion_action import loopback, settings, tunnel
+from bastion_action import gates, loopback, settings, tunnel
 
 
 async def main() -> None:
@@ -23,7 +23,7 @@ async def main() -> None:
     credentials = tunnel.load_credentials(parsed.ssh)
     sock = loopback.bind_loopback(0)
     async with (
-        tunnel.gate(sock) as gate,
+        gates.gate(sock) as gate,
         tunnel.open_tunnel(parsed.ssh, credentials, parsed.db.host, parsed.db.port) as opened,
     ):
         gate.open(opened, parsed.db.host, parsed.db.port)

@@ -15,7 +15,7 @@ import asyncssh
 import pytest
 from sshd import HOST, SSHD, Target, closed_port, pending_tasks, refuses, tcp_target, tunnel_tasks
 
-from bastion_action import loopback, tunnel
+from bastion_action import gates, loopback, tunnel
 from bastion_action.errors import ProbeError, TunnelError
 
 MB = 1 << 20
@@ -51,8 +51,8 @@ async def forwarded(sshd: SSHD, target: Target) -> AsyncIterator[tunnel.Tunnel]:
 
 
 @contextlib.asynccontextmanager
-async def held_gate() -> AsyncIterator[tunnel.Gate]:
-    async with tunnel.gate(loopback.bind_loopback(0)) as opened:
+async def held_gate() -> AsyncIterator[gates.Gate]:
+    async with gates.gate(loopback.bind_loopback(0)) as opened:
         yield opened
 
 
@@ -90,12 +90,12 @@ async def exactly(reader: asyncio.StreamReader, size: int) -> bytes:
     return await asyncio.wait_for(reader.readexactly(size), 5)
 
 
-def transport(command: tunnel._Command) -> asyncio.Transport:
+def transport(command: gates._Command) -> asyncio.Transport:
     assert command.transport is not None  # accepted connections have one
     return command.transport
 
 
-def commands(gate: tunnel.Gate) -> list[tunnel._Command]:
+def commands(gate: gates.Gate) -> list[gates._Command]:
     return list(gate._commands)
 
 
@@ -133,7 +133,7 @@ async def test_held_connection_is_read_only_up_to_the_hold_limit_then_passed_on_
         sending = asyncio.ensure_future(writer.drain())
         await until(lambda: commands(gate) and not transport(commands(gate)[0]).is_reading())
         (held,) = commands(gate)
-        assert tunnel._HOLD_LIMIT <= held._held_size <= tunnel._HOLD_LIMIT + 256 * 1024
+        assert gates._HOLD_LIMIT <= held._held_size <= gates._HOLD_LIMIT + 256 * 1024
         opened = tunnel.Tunnel(port=gate.port, connection=chain.connection, forwards=gate)
         gate.open(opened, echo.host, echo.port)
         writer.write_eof()

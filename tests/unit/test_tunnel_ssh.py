@@ -11,7 +11,7 @@ import asyncssh
 import pytest
 from sshd import HOST, SSHD, Target, closed_port, pending_tasks, refuses, silent_listener, start_sshd, tunnel_tasks
 
-from bastion_action import loopback, tunnel
+from bastion_action import gates, loopback, tunnel
 from bastion_action.errors import Stage, TunnelError
 
 OTHER_FINGERPRINT = "SHA256:" + "A" * 43
@@ -201,7 +201,7 @@ async def test_cancelled_gate_leaves_no_listener_no_task_and_ends_held_connectio
     held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def scenario(ready: Callable[[int], None]) -> None:
-        async with tunnel.gate(loopback.bind_loopback(0)) as opened:
+        async with gates.gate(loopback.bind_loopback(0)) as opened:
             held.append(await asyncio.open_connection(HOST, opened.port))
             ready(opened.port)
             await asyncio.Event().wait()
