@@ -180,3 +180,34 @@ def _recorded(lab: Lab, database: str) -> list[str]:
     if admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database) != "t":
         return []
     return admin_sql(lab, "SELECT app || '.' || name FROM django_migrations ORDER BY id", database).splitlines()
+
+
+def test_with_the_default_inputs_the_link_is_named_and_the_lock_freed_within_its_lease(
+    base_inputs, lab, fresh_db, tmp_path
+) -> None:
+    """ssh-keepalive-interval 15 s and lock-lease-seconds 60 s: the heartbeat goes unanswered first, the
+    command is stopped, and the verdict waits for the keepalives to name the link."""
+    inputs = {**base_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_SLEEP=300"}
+    started = time.monotonic()
+    process = start_action(inputs, tmp_path / "dead")
+    address, port = "", 0
+    try:
+        poll_until(lambda: _sleeping(lab, fresh_db), 60, "pg_sleep")
+        address, port = ssh_connection_of(process.pid, lab)
+        with silenced_connection(lab, address, port):
+            cut = time.monotonic()
+            poll_until(lambda: action_locks(lab, fresh_db) == 0, 60 + 30, "the lock freed by its lease")
+            lock_gone = time.monotonic() - cut
+            assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
+            run = finish_action(process, tmp_path / "dead", started, timeout=150)
+            noticed = time.monotonic() - cut
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if port:
+            end_bastion_side(lab, address, port)
+    assert_failed_in(run, "tunnel")
+    assert lock_gone < 60 + 30, f"lock gone after {lock_gone:.1f} s"
+    # The heartbeat (every 20 s) goes unanswered within 40 s; the keepalives declare the link dead within 4 x 15 s.
+    assert noticed < 40 + 60 + 5, f"noticed after {noticed:.1f} s\n{run.explain()}"
