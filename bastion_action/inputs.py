@@ -69,7 +69,8 @@ INPUTS: tuple[InputSpec, ...] = (
     ),
     InputSpec(
         "secrets",
-        "All secrets as JSON (toJSON(secrets) of the workflow); <PREFIX>_* names are read from it.",
+        "All secrets as JSON (toJSON(secrets) of the workflow); <PREFIX>_* names are read from it, "
+        "and plain names (HOST, DB_PASSWORD, ...: GitHub environment secrets) where the prefixed one is not set.",
         secret=True,
         multi_line=True,
     ),

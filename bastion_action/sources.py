@@ -73,14 +73,25 @@ def secrets_json(text: str) -> dict[str, str]:
     return {str(key): value if isinstance(value, str) else json.dumps(value) for key, value in data.items()}
 
 
-def _by_prefix(source: Mapping[str, str], prefix: str) -> tuple[dict[str, str], dict[str, str]]:
+def _by_prefix(source: Mapping[str, str], prefix: str, *, plain: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+    """Inputs filled from ``<PREFIX>_<NAME>`` secrets, and the secret each input was (or would be) read from.
+
+    ``plain``: when ``<PREFIX>_<NAME>`` is not set, ``<NAME>`` itself fills the input — GitHub
+    environment secrets (``jobs.<id>.environment``) usually have plain names. Only the secrets JSON
+    is read so: plain ``HOST`` or ``USER`` in a process environment are the machine's, not the team's.
+    """
     values, names = {}, {}
     for suffix, name in PREFIXED_SECRETS.items():
-        secret = f"{prefix}_{suffix}" if prefix else ""
-        if secret:
-            names[name] = secret
-        if secret and source.get(secret, "").strip():
-            values[name] = source[secret]
+        candidates = [f"{prefix}_{suffix}"] if prefix else []
+        if plain:
+            candidates.append(suffix)
+        if candidates:
+            names[name] = candidates[0]
+        for secret in candidates:
+            if source.get(secret, "").strip():
+                values[name] = source[secret]
+                names[name] = secret
+                break
     token = source.get(REGISTRY_TOKEN, "")
     if token.strip():
         values.update(dict.fromkeys(REGISTRY_TOKEN_FILLS, token))
@@ -177,7 +188,7 @@ def layer(explicit: Mapping[str, str], environ: Mapping[str, str]) -> Layered:
     environment = given.get("environment", "").strip()
     prefix = given.get("secret-prefix", "").strip() or default_prefix(environment)
     source = secrets_json(given["secrets"]) if "secrets" in given else environ
-    from_secrets, secret_names = _by_prefix(source, prefix)
+    from_secrets, secret_names = _by_prefix(source, prefix, plain="secrets" in given)
     if "secrets" not in given:
         # Off the secrets JSON, only what the prefix names is read from the environment.
         secret_names = {name: secret for name, secret in secret_names.items() if name in from_secrets}

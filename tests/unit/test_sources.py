@@ -90,6 +90,29 @@ def test_missing_secret_is_named_in_full(tmp_path: Path) -> None:
     )
 
 
+def test_plain_environment_secrets_fill_what_the_prefix_does_not(tmp_path: Path) -> None:
+    """GitHub environment secrets (jobs.<id>.environment: uat) have plain names: HOST, DB_PASSWORD, ..."""
+    environ = workspace(tmp_path)
+    plain = {key.removeprefix("UAT_"): value for key, value in TEAM_SECRETS.items()}
+    plain |= {"UAT_DB_PASSWORD": "prefixed-wins", "DB_PASSWORD": "plain-loses"}
+    raw = {"environment": "uat", "command": "migrate", "secrets": json.dumps(plain)}
+    parsed = settings.parse(raw, environ=environ)
+    assert parsed.ssh.host == "uat-bastion.example.com"
+    assert parsed.db.user == "doadmin"
+    assert parsed.db.password == "prefixed-wins"
+    assert parsed.app.secret_key == "uat-django-key"
+    assert "uat-ssh-pw" in parsed.secrets
+    assert "plain-loses" in sources.early_masks(raw, environ), "every value of the secrets JSON is masked"
+
+
+def test_plain_names_are_never_read_from_the_process_environment(tmp_path: Path) -> None:
+    environ = {**workspace(tmp_path), "HOST": "a-machines-own-hostname", "USER": "root"}
+    environ |= {key: value for key, value in TEAM_SECRETS.items() if key not in {"UAT_HOST", "UAT_USER"}}
+    with pytest.raises(SettingsError) as info:
+        settings.parse({"environment": "uat"}, environ=environ)
+    assert info.value.message.startswith("ssh-user: required")
+
+
 def test_secret_prefix_overrides_the_environment(tmp_path: Path) -> None:
     environ = workspace(tmp_path, "")
     team = {key.replace("UAT_", "STAGING_"): value for key, value in TEAM_SECRETS.items()}
