@@ -9,10 +9,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from bastion_action import pipeline, report, settings, sources
+from bastion_action import NAME, __version__, pipeline, report, settings, sources
 from bastion_action.errors import InternalError, SettingsError, Stage
 from bastion_action.gha import Console
-from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, raw_from_environ
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, close_matches, raw_from_environ
 from bastion_action.redaction import secret_forms
 from bastion_action.report import Result, RunResult
 from bastion_action.runners import local
@@ -26,11 +26,18 @@ EXIT_SIGNAL_BASE = 128
 def _parser() -> argparse.ArgumentParser:
     import argparse  # noqa: PLC0415 - only the local CLI needs it
 
-    parser = argparse.ArgumentParser(
-        prog="bastion-migrate",
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            # One line: the usage of some forty flags would bury the one flag at fault.
+            self.exit(2, f"{self.prog}: {message}\n")
+
+    parser = Parser(
+        prog=NAME,
         description="Run database migrations through an SSH bastion. Every input of action.yml is a flag; "
         "flags win over INPUT_* environment variables.",
+        allow_abbrev=False,  # --comm must not quietly become --command, nor break when a flag is added
     )
+    parser.add_argument("--version", action="version", version=f"{NAME} {__version__}")
     for spec in INPUTS:
         flags = [f"--{spec.name}"]
         if spec.name == "environment":
@@ -40,11 +47,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_argument(word: str) -> str:
+    if not word.startswith("-"):
+        return f"unexpected argument {word!r}; every value follows its flag (--command migrate)"
+    flag = word.partition("=")[0]
+    matches = close_matches(flag, ["--help", "--version", "--env", *(f"--{spec.name}" for spec in INPUTS)])
+    if matches:
+        return f"unknown flag {flag}; did you mean {' or '.join(matches)}?"
+    return f"unknown flag {flag}; see --help for the flags"
+
+
 def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
     raw = raw_from_environ(environ)
     if not argv:  # the action itself passes no flags: argparse is not even imported
         return raw
-    flags = vars(_parser().parse_args(argv))
+    parser = _parser()
+    namespace, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(_unknown_argument(extra[0]))
+    flags = vars(namespace)
     raw.update({name: value for name, value in flags.items() if value is not None})
     return raw
 
@@ -117,6 +138,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         parsed = settings.parse(raw, environ)
     except Exception as exc:  # noqa: BLE001 - a bug in parsing still ends in the failure contract
+        console.line(f"{NAME} {__version__}")
         error = exc if isinstance(exc, SettingsError) else InternalError.of(exc, Stage.SETTINGS)
         run = RunResult(
             environment=raw.get("environment", ""),
@@ -126,6 +148,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         )
         return _finish(console, run)
     console.mask(parsed.secrets)
+    console.line(f"{NAME} {__version__}")  # after every mask: nothing else may print before them
     local.become_subreaper()
     run, signum = asyncio.run(_execute(parsed, console))
     if signum is not None and run.result is not Result.SUCCESS:

@@ -109,9 +109,11 @@ class InternalError(ActionError):
         )
 
 
-def input_error(name: str, expected: str, got: str | None = None) -> SettingsError:
-    """``ssh-port: expected 1-65535, got 'abc'`` — the shape of every input error."""
+def input_error(name: str, expected: str, got: str | None = None, *, suggestion: str = "") -> SettingsError:
+    """``ssh-port: expected 1-65535, got 'abc'`` — the shape of every input error (``; did you mean ...?`` after)."""
     message = f"{name}: expected {expected}"
     if got is not None:
         message += f", got {got!r}"
+    if suggestion:
+        message += f"; {suggestion}"
     return SettingsError(message, hint=f"Check the '{name}' input of the step.")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from bastion_action.errors import SettingsError, input_error
@@ -254,6 +255,25 @@ def raw_from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     return {spec.name: environ[spec.env] for spec in INPUTS if spec.env in environ}
 
 
+# High enough that makemigrations (0.71 to showmigrations) is not offered as a spelling of a command it is not.
+SUGGESTION_CUTOFF = 0.8
+
+
+def close_matches(word: str, candidates: Iterable[str]) -> list[str]:
+    """What a near miss of ``word`` most likely meant: snake_case or upper case first, then close spellings."""
+    choices = list(candidates)
+    normal = word.strip().lower().replace("_", "-")
+    if normal in choices:
+        return [normal]
+    return difflib.get_close_matches(normal, choices, n=2, cutoff=SUGGESTION_CUTOFF)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``did you mean 'migrate'?`` for a near miss, else ''."""
+    matches = close_matches(word, candidates)
+    return f"did you mean {' or '.join(map(repr, matches))}?" if matches else ""
+
+
 _CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", "\x00": "a NUL", "\x1b": "an escape"}
 # Cc: C0, DEL and C1 controls; Zl/Zp: U+2028/U+2029, which splitlines() and some viewers break lines at.
 _CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
@@ -345,5 +365,6 @@ class Reader:
         try:
             return enum_type(value)
         except ValueError:
-            choices = " | ".join(member.value for member in enum_type)
-            raise input_error(name, f"one of {choices}", value) from None
+            values = [member.value for member in enum_type]
+            suggestion = did_you_mean(value, values)
+            raise input_error(name, f"one of {' | '.join(values)}", value, suggestion=suggestion) from None

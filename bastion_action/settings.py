@@ -15,7 +15,16 @@ from urllib.parse import quote, urlencode
 
 from bastion_action import sources
 from bastion_action.errors import SettingsError, input_error
-from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, InputSpec, Reader, check_single_line, raw_from_environ
+from bastion_action.inputs import (
+    INPUTS,
+    INPUTS_BY_NAME,
+    InputSpec,
+    Reader,
+    check_single_line,
+    close_matches,
+    did_you_mean,
+    raw_from_environ,
+)
 from bastion_action.redaction import masks, secret_forms
 from bastion_action.references import (
     ImageReference,
@@ -384,19 +393,66 @@ def _lease(read: Reader) -> float:
     return lease
 
 
+# Words of a pasted `manage.py` command line, and the command input that runs it.
+_DJANGO_WORDS = {"showmigrations": Command.SHOWMIGRATIONS, "migrate": Command.MIGRATE}
+_MIGRATE_FLAGS = {"--plan": Command.PLAN, "--check": Command.CHECK}
+_ADDED_FLAGS = {*_MIGRATE_FLAGS, "--noinput"}  # the action passes these itself
+
+
+def _command_line_suggestion(text: str) -> str:
+    """For a command line pasted into ``command``: the command input (and args) that run it, else ''."""
+    if not re.search(r"\s|/|\.py$", text):
+        return ""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    for at, word in enumerate(words):
+        command = _DJANGO_WORDS.get(word)
+        if command is None:
+            continue
+        rest = words[at + 1 :]
+        if command is Command.MIGRATE:
+            command = next((_MIGRATE_FLAGS[flag] for flag in rest if flag in _MIGRATE_FLAGS), command)
+            rest = [word for word in rest if word not in _ADDED_FLAGS]
+        args = f" and args: {shlex.join(rest)}" if rest else ""
+        return f"it looks like a command line: use command: {command.value}{args}"
+    return f"it looks like a command line: use command: custom and args: {text}"
+
+
+def _command(read: Reader) -> Command:
+    text = read.text("command")
+    suggestion = _command_line_suggestion(text)
+    if suggestion:
+        choices = " | ".join(command.value for command in Command)
+        raise input_error("command", f"one of {choices}", text, suggestion=suggestion)
+    return read.choice("command", Command)
+
+
+def _check_known(raw: Mapping[str, str]) -> None:
+    unknown = sorted(set(raw) - set(INPUTS_BY_NAME))
+    if not unknown:
+        return
+    msg = f"unknown input(s): {', '.join(unknown)}"
+    meant = {name: close_matches(name, INPUTS_BY_NAME) for name in unknown}
+    if len(unknown) == 1 and meant[unknown[0]]:
+        msg += f"; {did_you_mean(unknown[0], INPUTS_BY_NAME)}"
+    elif any(meant.values()):
+        pairs = [f"{' or '.join(map(repr, names))} for {name!r}" for name, names in meant.items() if names]
+        msg += f"; did you mean {', '.join(pairs)}?"
+    raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
+
+
 def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
     """Raw inputs -> one validated ``Settings``; raises ``SettingsError`` naming the input."""
     environ = os.environ if environ is None else environ
-    unknown = sorted(set(raw) - set(INPUTS_BY_NAME))
-    if unknown:
-        msg = f"unknown input(s): {', '.join(unknown)}"
-        raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
+    _check_known(raw)
     check_single_line(raw)  # the explicit inputs first: environment and config-file pick what is layered
     layered = sources.layer(raw, environ)
     check_single_line(layered.values)
     read = Reader(layered.values, layered.secret_names)
     mode = read.choice("mode", Mode)
-    command = read.choice("command", Command)
+    command = _command(read)
     try:
         args = tuple(shlex.split(read.text("args")))
     except ValueError as exc:

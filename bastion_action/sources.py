@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from bastion_action.errors import SettingsError
-from bastion_action.inputs import INPUTS, INPUTS_BY_NAME
+from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, did_you_mean
 
 DEFAULT_CONFIG_FILE = INPUTS_BY_NAME["config-file"].default
 
@@ -122,8 +122,10 @@ def _section(data: Any, path: str, where: str) -> dict[str, str]:
                 hint="Keep secrets in GitHub secrets and pass them as inputs or through `secrets`.",
             )
         if name not in FILE_KEYS:
+            suggestion = did_you_mean(name, sorted(FILE_KEYS))
+            meant = f" ({suggestion})" if suggestion else ""
             raise SettingsError(
-                f"{where}: {path}.{name}: unknown key; expected one of: {', '.join(sorted(FILE_KEYS))}",
+                f"{where}: {path}.{name}: unknown key{meant}; expected one of: {', '.join(sorted(FILE_KEYS))}",
                 hint="Keys are the action's input names (kebab-case); a typo must not silently do nothing.",
             )
         values[name] = _scalar(value, f"{where}: {path}.{name}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from local_postgres import Postgres, running_postgres
 from sshd import SSHD, start_sshd
 from support import parse_output_file
 
+import bastion_action
 from bastion_action import cli, report, settings
 from bastion_action.runners import local
 
@@ -76,11 +79,70 @@ def test_the_action_itself_passes_no_flags() -> None:
     assert cli.raw_inputs([], {"INPUT_SSH_HOST": "b", "OTHER": "x"}) == {"ssh-host": "b"}
 
 
-def test_an_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        pytest.param(["--no-such-flag", "x"], "unknown flag --no-such-flag; see --help for the flags", id="far"),
+        pytest.param(["--comand", "migrate"], "unknown flag --comand; did you mean --command?", id="typo"),
+        pytest.param(["--comm", "migrate"], "unknown flag --comm; did you mean --command?", id="no-abbreviation"),
+        pytest.param(["--db_user=u"], "unknown flag --db_user; did you mean --db-user?", id="underscores"),
+        pytest.param(["migrate"], "unexpected argument 'migrate'; every value follows its flag", id="positional"),
+        pytest.param(["--command"], "argument --command: expected one argument", id="no-value"),
+    ],
+)
+def test_a_bad_flag_is_one_line_with_the_nearest_flag(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
-        cli.raw_inputs(["--no-such-flag", "x"], {})
+        cli.raw_inputs(argv, {})
     assert info.value.code == 2
-    assert "unrecognized arguments: --no-such-flag x" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err.startswith(f"bastion-migrate: {error}")
+    assert printed.err.count("\n") == 1
+
+
+def test_help_still_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.raw_inputs(["--help"], {})
+    assert info.value.code == 0
+    assert "--ssh-host VALUE" in capsys.readouterr().out
+
+
+def test_version_flag_names_the_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"], {})
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"bastion-migrate {bastion_action.__version__}\n"
+
+
+def test_the_version_is_the_checkouts_then_the_installed_one_then_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert bastion_action.__version__ == project["version"]
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "bastion-migrate"\nversion = "9.8.7"\n')
+    assert bastion_action._version(pyproject) == "9.8.7"
+    pyproject.write_text('[project]\nname = "another-project"\nversion = "1.0"\n')
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"bastion-migrate": "2.3.4"}[name])
+    assert bastion_action._version(pyproject) == "2.3.4", "another project's pyproject.toml is not ours"
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert bastion_action._version(tmp_path / "missing.toml") == "0+unknown"
+    pyproject.write_text("[project\n")
+    assert bastion_action._version(pyproject) == "0+unknown"
+
+
+def version_first(lines: list[str]) -> None:
+    """The version is the first thing printed after the masks (and the block that keeps the runner from acting)."""
+    shown = [line for line in lines if not line.startswith(("::add-mask::", "::stop-commands::"))]
+    assert shown[0] == f"bastion-migrate {bastion_action.__version__}"
+    last_mask = max((at for at, line in enumerate(lines) if line.startswith("::add-mask::")), default=-1)
+    assert lines.index(shown[0]) > last_mask
 
 
 def test_bad_input_fails_in_the_settings_stage_with_masks_first(
@@ -91,6 +153,7 @@ def test_bad_input_fails_in_the_settings_stage_with_masks_first(
     lines = capsys.readouterr().out.splitlines()
     first_other = next(number for number, line in enumerate(lines) if not line.startswith("::add-mask::"))
     assert set(lines[:first_other]) == {"::add-mask::pw-Secret!1", "::add-mask::pw-Secret%25211"}  # and its URL form
+    version_first(lines)
     errors = [line for line in lines if line.startswith("::error")]
     assert len(errors) == 1
     assert errors[0].startswith("::error title=bastion-migrate%3A settings failed::")
@@ -122,7 +185,9 @@ def test_a_probe_end_to_end(
         db_sslmode="disable",
     )
     assert cli.main([], env) == 0
-    shown = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("::add-mask::")]
+    lines = capsys.readouterr().out.splitlines()
+    version_first(lines)
+    shown = [line for line in lines if not line.startswith("::add-mask::")]
     assert [line for line in shown if postgres.password in line or sshd_thread.password in line] == []
     found = outputs(tmp_path)
     assert found["result"] == "success"

@@ -92,6 +92,55 @@ def test_bad_values_are_named(name: str, value: str, expected: str) -> None:
     assert error_of(**{name: value}).message.startswith(expected)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "suggestion"),
+    [
+        pytest.param("command", "migrat", "did you mean 'migrate'?", id="command"),
+        pytest.param("mode", "dokcer", "did you mean 'docker'?", id="mode"),
+        pytest.param("pull", "alway", "did you mean 'always'?", id="pull"),
+        pytest.param("mode", "Lightweigth", "did you mean 'lightweight'?", id="case-and-swap"),
+    ],
+)
+def test_a_near_miss_of_a_choice_is_answered(name: str, value: str, suggestion: str) -> None:
+    message = error_of(**{name: value}).message
+    assert message.startswith(f"{name}: expected one of ")
+    assert message.endswith(f", got {value.lower()!r}; {suggestion}")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("command", "makemigrations", id="another-django-command"),
+        pytest.param("mode", "kubernetes", id="far"),
+    ],
+)
+def test_nothing_is_suggested_for_a_far_miss(name: str, value: str) -> None:
+    assert error_of(**{name: value}).message.endswith(f", got {value!r}")
+
+
+@pytest.mark.parametrize(
+    ("value", "use"),
+    [
+        pytest.param("python manage.py migrate", "use command: migrate", id="migrate"),
+        pytest.param("./manage.py showmigrations", "use command: showmigrations", id="showmigrations"),
+        pytest.param("python manage.py migrate --plan", "use command: plan", id="plan"),
+        pytest.param("manage.py migrate --noinput app 0003", "use command: migrate and args: app 0003", id="args"),
+        pytest.param(
+            "python manage.py collectstatic --noinput",
+            "use command: custom and args: python manage.py collectstatic --noinput",
+            id="custom",
+        ),
+        pytest.param("./manage.py", "use command: custom and args: ./manage.py", id="a-path"),
+    ],
+)
+def test_a_command_line_in_command_points_to_the_input_that_runs_it(value: str, use: str) -> None:
+    message = error_of(command=value).message
+    assert message.startswith(
+        f"command: expected one of probe | showmigrations | plan | check | migrate | custom, got {value!r}"
+    )
+    assert message.endswith(f"; it looks like a command line: {use}")
+
+
 def test_docker_mode_needs_an_image() -> None:
     error = error_of(mode="docker")
     assert error.message.startswith("image: required")
@@ -173,7 +222,25 @@ def test_registry_other_than_the_image_host_is_refused_with_credentials(image: s
 
 def test_unknown_input_is_refused() -> None:
     with pytest.raises(SettingsError, match="unknown input"):
-        settings.parse({**base_inputs(), "ssh-hots": "x"}, environ={})
+        settings.parse({**base_inputs(), "zzz": "x"}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("unknown", "suggestion"),
+    [
+        pytest.param(["ssh-hots"], "unknown input(s): ssh-hots; did you mean 'ssh-host'?", id="typo"),
+        pytest.param(["db_user"], "unknown input(s): db_user; did you mean 'db-user'?", id="underscores"),
+        pytest.param(
+            ["dbuser", "ssh_host", "zzz"],
+            "unknown input(s): dbuser, ssh_host, zzz; did you mean 'db-user' for 'dbuser', 'ssh-host' for 'ssh_host'?",
+            id="several",
+        ),
+    ],
+)
+def test_an_unknown_input_names_the_nearest_input(unknown: list[str], suggestion: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        settings.parse({**base_inputs(), **dict.fromkeys(unknown, "x")}, environ={})
+    assert info.value.message == suggestion
 
 
 def test_secret_values_never_appear_in_errors() -> None:

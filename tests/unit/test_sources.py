@@ -135,6 +135,38 @@ def test_lists_in_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        pytest.param("db_user", "db-user", id="underscores"),
+        pytest.param("dbuser", "db-user", id="no-dash"),
+        pytest.param("ssh-hots", "ssh-host", id="typo"),
+        pytest.param("DB-NAME", "db-name", id="upper-case"),
+    ],
+)
+def test_an_unknown_key_names_the_nearest_key(tmp_path: Path, key: str, meant: str) -> None:
+    message = file_error(tmp_path, f"defaults: {{{key}: x}}")
+    assert f"defaults.{key}: unknown key (did you mean {meant!r}?); expected one of: " in message
+
+
+def file_error(tmp_path: Path, text: str) -> str:
+    environ = workspace(tmp_path, text)
+    with pytest.raises(SettingsError) as info:
+        settings.parse({"environment": "uat", "secrets": json.dumps(TEAM_SECRETS)}, environ=environ)
+    return info.value.message
+
+
+def test_a_far_key_gets_no_suggestion(tmp_path: Path) -> None:
+    assert "defaults.colour: unknown key; expected one of: " in file_error(tmp_path, "defaults: {colour: x}")
+
+
+@pytest.mark.parametrize("key", ["db_password", "db-pasword", "ssh_passphrase"])
+def test_no_suggestion_names_a_secret_input(tmp_path: Path, key: str) -> None:
+    message = file_error(tmp_path, f"defaults: {{{key}: x}}")
+    assert "did you mean" not in message
+    assert "password" not in message.replace(key, "")
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         pytest.param("defaults: {db-password: x}", "defaults.db-password: secrets do not belong", id="secret-key"),
