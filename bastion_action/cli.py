@@ -130,11 +130,37 @@ def run_and_exit() -> NoReturn:
     os._exit(code)
 
 
+def _debug_settings(console: Console, parsed: settings.Settings) -> None:
+    if not console.debugging:
+        return
+    ssh, db = parsed.ssh, parsed.db
+    hops = "".join(f"{hop} -> " for hop in ssh.jump_hosts)
+    console.debug(f"settings: mode {parsed.mode.value}, command {parsed.command.value}, args {list(parsed.args)}")
+    console.debug(
+        f"settings: ssh {hops}{ssh.user}@{ssh.host}:{ssh.port}, keepalive {ssh.keepalive_interval:g} s, "
+        f"connect-timeout {ssh.connect_timeout:g} s, host key by "
+        + ("fingerprint" if ssh.host_fingerprints else "known_hosts" if ssh.known_hosts else "nothing (skipped)")
+    )
+    databases = [f"{target.host}:{target.port}/{target.name}" for target in parsed.targets] or [
+        f"{db.host}:{db.port}/{db.name}"
+    ]
+    console.debug(f"settings: database(s) {', '.join(databases)} as {db.user}, sslmode {db.sslmode}")
+    console.debug(
+        f"settings: lock {parsed.lock} (timeout {parsed.lock_timeout:g} s, lease {parsed.lock_lease:g} s), "
+        f"run timeout {parsed.timeout:g} s"
+    )
+    if parsed.image is not None:
+        console.debug(
+            f"settings: image {parsed.image.reference}, registry {parsed.image.registry}, pull {parsed.image.pull}"
+        )
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     console = Console(environ)
     raw = raw_inputs(sys.argv[1:] if argv is None else argv, environ)
     console.mask(_secret_inputs(raw, environ))
+    console.debugging = settings.debug_requested(environ)
     try:
         parsed = settings.parse(raw, environ)
     except Exception as exc:  # noqa: BLE001 - a bug in parsing still ends in the failure contract
@@ -149,6 +175,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _finish(console, run)
     console.mask(parsed.secrets)
     console.line(f"{NAME} {__version__}")  # after every mask: nothing else may print before them
+    console.debugging = parsed.debug
+    _debug_settings(console, parsed)
     local.become_subreaper()
     run, signum = asyncio.run(_execute(parsed, console))
     if signum is not None and run.result is not Result.SUCCESS:

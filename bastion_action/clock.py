@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from bastion_action.errors import Stage
 from bastion_action.report import RunResult
@@ -14,8 +14,9 @@ from bastion_action.report import RunResult
 class Clock:
     """Stage timings into ``run.timings``; ``stage`` names what a timeout or a cancel interrupted."""
 
-    def __init__(self, run: RunResult) -> None:
+    def __init__(self, run: RunResult, report: Callable[[str], None] | None = None) -> None:
         self.run = run
+        self._report = report  # debug lines: each stage's start and end
         self.active: list[Stage] = []
         self.last = Stage.SETTINGS
         self.interrupted: Stage | None = None  # the first stage a timeout or cancel unwound
@@ -29,14 +30,24 @@ class Clock:
         self.active.append(stage)
         self.last = stage
         started = time.perf_counter()
+        if self._report is not None:
+            self._report(f"stage {stage.value}: started")
+        how = "ended"
         try:
             yield
         except (asyncio.CancelledError, TimeoutError):
             self.interrupted = self.interrupted or stage
+            how = "interrupted"
+            raise
+        except BaseException as exc:
+            how = f"failed ({type(exc).__name__})"
             raise
         finally:
             self.active.remove(stage)
-            self.run.timings[stage.value] = self.run.timings.get(stage.value, 0.0) + time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.run.timings[stage.value] = self.run.timings.get(stage.value, 0.0) + took
+            if self._report is not None:
+                self._report(f"stage {stage.value}: {how} after {took:.3f} s")
 
     def seconds(self, stage: Stage) -> float:
         return self.run.timings.get(stage.value, 0.0)

@@ -83,6 +83,7 @@ class Console:
         self.github = self._environ.get("GITHUB_ACTIONS") == "true"
         self._secrets: list[str] = []
         self._stop_token: str | None = None  # the open stop-commands block's token, if one is open
+        self.debugging = False
 
     # -- secrets -----------------------------------------------------------
     def mask(self, values: Iterable[str]) -> None:
@@ -129,6 +130,15 @@ class Console:
             self._stop_token = secrets.token_hex(16)
             self._write(command("stop-commands", self._stop_token))
         self._write(self.redact(text))
+
+    def debug(self, text: str) -> None:
+        """A debug line (``debug`` input or RUNNER_DEBUG=1): the runner shows it only in debug logs."""
+        if not self.debugging:
+            return
+        if self.github:
+            self._command(command("debug", self.redact(text)))
+        else:
+            self.line(f"debug: {text}")
 
     def end(self) -> None:
         """Close the open stop-commands block, if any (before a command, and as the last thing printed)."""

@@ -187,6 +187,13 @@ INPUTS: tuple[InputSpec, ...] = (
     InputSpec("fake-initial", "Pass --fake-initial to migrate (true/false).", "true", in_file=True),
     InputSpec("timeout", "Seconds allowed for the whole run.", "1800", in_file=True),
     InputSpec(
+        "debug",
+        "Debug lines for every stage (true/false), secrets still masked; GitHub's re-run with debug logging "
+        "(RUNNER_DEBUG=1) turns them on too.",
+        "false",
+        in_file=True,
+    ),
+    InputSpec(
         "lock",
         "Take the database's migration lock: auto (migrate and custom), true or false.",
         "auto",

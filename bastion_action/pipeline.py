@@ -18,7 +18,7 @@ import importlib
 import os
 import time
 import traceback
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bastion_action import aio, loopback
@@ -161,7 +161,8 @@ class _Run:
                 targets.append(Target(db, sock, run, self.clock))
                 continue
             result = RunResult(run.environment, run.mode, run.command, database=db.name)
-            targets.append(Target(db, sock, result, Clock(result), label=db.name))
+            report = _labelled(self.console, db.name)
+            targets.append(Target(db, sock, result, Clock(result, report), label=db.name))
         return targets
 
     async def runners(
@@ -216,6 +217,8 @@ class _Run:
         stack.push_async_callback(asyncio.wait, [preload])
         with self.clock.stage_of(Stage.TUNNEL):
             chain = await stack.enter_async_context(tunnel.connect(settings.ssh, credentials))
+        for connection in (*chain.hops, chain.connection):
+            self.console.debug(f"tunnel: {connection.get_extra_info('host')}: {tunnel.negotiated(connection)}")
         await preload
         if settings.targets:
             ssh = settings.ssh
@@ -249,6 +252,10 @@ class _Run:
             _fan_in(self.run)
 
 
+def _labelled(console: Console, label: str) -> Callable[[str], None]:
+    return lambda text: console.debug(f"[{label}] {text}")
+
+
 def _fan_in(run: RunResult) -> None:
     """Fan-out: the run's result from its databases'; failures named together."""
     targets = run.targets or []
@@ -273,7 +280,7 @@ async def execute(settings: Settings, console: Console, *, runner: Runner | None
     ``runner`` replaces the one ``settings.mode`` names (tests run the whole pipeline with their own).
     """
     run = RunResult(environment=settings.environment, mode=settings.mode.value, command=settings.command.value)
-    clock = Clock(run)
+    clock = Clock(run, console.debug)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.timeout):

@@ -198,6 +198,7 @@ class Settings:
     targets: tuple[DatabaseSettings, ...]  # fan-out (`databases`): each database to run on; empty for one
     concurrency: int
     timeout: float
+    debug: bool
     lock: bool
     lock_timeout: float
     lock_lease: float
@@ -443,6 +444,11 @@ def _check_known(raw: Mapping[str, str]) -> None:
     raise SettingsError(msg, hint="Input names are kebab-case, as listed in action.yml.")
 
 
+def debug_requested(environ: Mapping[str, str]) -> bool:
+    """GitHub's "re-run with debug logging" sets RUNNER_DEBUG=1 for every step."""
+    return environ.get("RUNNER_DEBUG") == "1"
+
+
 def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
     """Raw inputs -> one validated ``Settings``; raises ``SettingsError`` naming the input."""
     environ = os.environ if environ is None else environ
@@ -511,6 +517,7 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         concurrency=concurrency,
         image=image,
         timeout=read.seconds("timeout"),
+        debug=read.boolean("debug") or debug_requested(environ),
         lock=lock,
         lock_timeout=read.seconds("lock-timeout"),
         lock_lease=_lease(read),

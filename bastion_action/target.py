@@ -128,6 +128,10 @@ class _Database:
         label = self.target.label
         self.console.line(f"[{label}] {text}" if label else text)
 
+    def debug(self, text: str) -> None:
+        label = self.target.label
+        self.console.debug(f"[{label}] {text}" if label else text)
+
     def launch(self, runner: Runner, argv: list[str], shown: str) -> Launched:
         label = self.target.label
         shown = f"[{label}] {shown}" if label else shown
@@ -158,6 +162,9 @@ class _Database:
         with self.clock.stage_of(Stage.TUNNEL):
             opened = await stack.enter_async_context(tunnel.forward(chain, db.host, db.port))
         result.tunnel_port = self.target.port  # reported once the tunnel behind it exists
+        self.debug(
+            f"tunnel: the action's own forward on 127.0.0.1:{opened.port}, the command's gate on {self.target.port}"
+        )
         if settings.command.read_only and not settings.lock:
             gate.open(opened, db.host, db.port)  # nothing to lock: the command's work overlaps the probe
         hops = "".join(f"{hop} -> " for hop in ssh.jump_hosts)
@@ -206,12 +213,14 @@ class _Database:
         assert self.main is not None  # noqa: S101 - every command but probe has a runner
         # From here on the command reaches the database: the lock is held, the "before" state is known.
         gate.open(opened, db.host, db.port)
+        self.debug(f"command: the gate is open, {len(self.main.output)} line(s) of output so far")
         with self.clock.stage_of(Stage.COMMAND):
             try:
                 result.exit_code = await while_tunnel_up(self.main.wait(), opened)
             finally:  # the summary shows the tail of the user's command, not of follow-ups
                 result.output_tail = [self.console.redact(line) for line in list(self.main.output)[-TAIL_LINES:]]
             output = "\n".join(self.main.output)
+            self.debug(f"command: exit code {result.exit_code}, {len(self.main.output)} line(s) kept for the results")
             second = self.shared.second
             if second is not None and result.exit_code == 0:
                 argv = command_argv(settings)

@@ -344,6 +344,15 @@ async def open_tunnel(
         yield opened
 
 
+def negotiated(connection: asyncssh.SSHClientConnection) -> str:
+    """What the server and this connection agreed on, for debug lines."""
+    info = connection.get_extra_info
+    return (
+        f"{info('server_version', '?')}, cipher {info('send_cipher', '?')}, mac {info('send_mac', '?')}, "
+        f"compression {info('send_compression', '?')}"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Chain:
     """The SSH connections of one run: the jump hosts' in order, then the bastion's."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from local_postgres import Postgres, running_postgres
 from sshd import SSHD, start_sshd
-from support import parse_output_file
+from support import parse_output_file, runner_commands
 
 import bastion_action
 from bastion_action import cli, report, settings
@@ -164,19 +164,17 @@ def test_bad_input_fails_in_the_settings_stage_with_masks_first(
     assert "**Failed in the `settings` stage:**" in (tmp_path / "sum").read_text()
 
 
-def test_a_probe_end_to_end(
-    tmp_path: Path, sshd_thread: SSHD, postgres: Postgres, capsys: pytest.CaptureFixture[str]
-) -> None:
-    env = github_env(
+def probe_env(tmp_path: Path, sshd: SSHD, postgres: Postgres) -> dict[str, str]:
+    return github_env(
         tmp_path,
         environment="unit",
         mode="lightweight",
         command="probe",
-        ssh_host=sshd_thread.host,
-        ssh_port=str(sshd_thread.port),
-        ssh_user=sshd_thread.user,
-        ssh_password=sshd_thread.password,
-        ssh_known_hosts=sshd_thread.known_hosts,
+        ssh_host=sshd.host,
+        ssh_port=str(sshd.port),
+        ssh_user=sshd.user,
+        ssh_password=sshd.password,
+        ssh_known_hosts=sshd.known_hosts,
         db_host=postgres.host,
         db_port=str(postgres.port),
         db_name="postgres",
@@ -184,9 +182,15 @@ def test_a_probe_end_to_end(
         db_password=postgres.password,
         db_sslmode="disable",
     )
-    assert cli.main([], env) == 0
+
+
+def test_a_probe_end_to_end(
+    tmp_path: Path, sshd_thread: SSHD, postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([], probe_env(tmp_path, sshd_thread, postgres)) == 0
     lines = capsys.readouterr().out.splitlines()
     version_first(lines)
+    assert [line for line in lines if line.startswith("::debug::")] == []  # only when asked for
     shown = [line for line in lines if not line.startswith("::add-mask::")]
     assert [line for line in shown if postgres.password in line or sshd_thread.password in line] == []
     found = outputs(tmp_path)
@@ -230,3 +234,31 @@ def test_a_bug_while_reporting_still_writes_the_result(
     assert len(errors) == 1  # the settings failure; the reporting bug does not add a second one
     assert errors[0].startswith("::error title=bastion-migrate%3A settings failed::ssh-known-hosts or ssh-host-finger")
     assert outputs(tmp_path)["result"] == "failure"
+
+
+def test_runner_debug_turns_on_debug_lines_for_every_stage_with_secrets_masked(
+    tmp_path: Path, sshd_thread: SSHD, postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = probe_env(tmp_path, sshd_thread, postgres) | {"RUNNER_DEBUG": "1"}
+    assert cli.main([], env) == 0
+    lines = capsys.readouterr().out.splitlines()
+    debug = [
+        line.removeprefix("::debug::") for line in runner_commands("\n".join(lines)) if line.startswith("::debug::")
+    ]
+    stages = [line for line in debug if line.startswith("stage ")]
+    assert [line.split(" after ")[0] for line in stages] == [
+        "stage settings: started",
+        "stage settings: ended",
+        "stage settings: started",
+        "stage settings: ended",
+        "stage tunnel: started",
+        "stage tunnel: ended",
+        "stage tunnel: started",
+        "stage tunnel: ended",
+        "stage probe: started",
+        "stage probe: ended",
+    ]
+    assert any(line.startswith(f"tunnel: {sshd_thread.host}: SSH-2.0-AsyncSSH_") for line in debug), debug
+    assert any(line.startswith("settings: database(s) 127.0.0.1:") for line in debug), debug
+    shown = [line for line in lines if not line.startswith("::add-mask::")]
+    assert [line for line in shown if postgres.password in line or sshd_thread.password in line] == []
