@@ -15,11 +15,21 @@ fail() {
   exit 1
 }
 
-command -v "$base_python" >/dev/null || fail "no '$base_python' on PATH: bastion-migrate needs Python 3.11 or newer on the runner."
+setup_python="add actions/setup-python (python-version: '3.12') before this step, or set BASTION_MIGRATE_BASE_PYTHON to a Python 3.11+ interpreter"
+command -v "$base_python" >/dev/null || fail "no '$base_python' on PATH: bastion-migrate needs Python 3.11 or newer on the runner; $setup_python."
 # One interpreter start (they cost tens of ms each): its version check, path and full version.
 py_info="$("$base_python" -c 'import sys; print(int(sys.version_info >= (3, 11)), sys.executable, sys.version.split()[0])')"
 read -r py_ok py_real py_version <<<"$py_info"
-[ "$py_ok" = 1 ] || fail "bastion-migrate needs Python 3.11 or newer; '$base_python' is $py_version."
+[ "$py_ok" = 1 ] || fail "bastion-migrate needs Python 3.11 or newer; '$base_python' is $py_version (ubuntu-22.04's is 3.10): $setup_python."
+
+# The package index the team configured: uv's own variables, else pip's, carried over (uv ignores PIP_INDEX_URL).
+if [ -z "${UV_DEFAULT_INDEX:-}${UV_INDEX_URL:-}" ] && [ -n "${PIP_INDEX_URL:-}" ]; then
+  export UV_INDEX_URL="$PIP_INDEX_URL"
+fi
+index="${UV_DEFAULT_INDEX:-${UV_INDEX_URL:-${PIP_INDEX_URL:-https://pypi.org/simple}}}"
+index_help="if the package index $index cannot be reached from this runner, set UV_DEFAULT_INDEX (or PIP_INDEX_URL) to a mirror it can reach"
+# An unreachable index fails in seconds, not after uv's and pip's minutes of retries.
+export UV_HTTP_TIMEOUT="${UV_HTTP_TIMEOUT:-5}" UV_HTTP_RETRIES="${UV_HTTP_RETRIES:-1}"
 
 key="$( (cat "$lock" "$uv_lock"; echo "$py_real $py_version") | sha256sum | cut -c1-16)"
 cache="${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/bastion-migrate"
@@ -60,7 +70,8 @@ if [ ! -f "$venv/.complete" ]; then
     if [ ! -x "$uv_dir/bin/uv" ]; then
       rm -rf "$uv_dir.tmp"
       "$base_python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
-        --target "$uv_dir.tmp" -r "$uv_lock" >&2 || fail "could not install uv with pip"
+        --timeout 5 --retries 1 --index-url "$index" \
+        --target "$uv_dir.tmp" -r "$uv_lock" >&2 || fail "could not install uv with pip: $index_help"
       rm -rf "$uv_dir"
       mv "$uv_dir.tmp" "$uv_dir"
     fi
@@ -70,7 +81,7 @@ if [ ! -f "$venv/.complete" ]; then
   # Bytecode is compiled now: a venv in the tool cache may not be writable at run time, and
   # compiling on every run costs more than the whole SSH connection.
   "$uv" pip install --quiet --require-hashes --compile-bytecode --python "$venv/bin/python" -r "$lock" >&2 \
-    || fail "could not install the action's dependencies from requirements.txt"
+    || fail "could not install the action's dependencies from requirements.txt: $index_help"
   touch "$venv/.complete"
   compile_action
   echo "bastion-migrate: built $venv in $(( ($(date +%s%N) - started_ns) / 1000000 )) ms" >&2
