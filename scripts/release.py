@@ -4,7 +4,7 @@
 
 The tag must be semver, equal pyproject.toml's `[project] version` and have a
 `## [X.Y.Z]` section in CHANGELOG.md, all read from the tagged commit, and the
-remote must hold the same tag. vX and vX.Y are lightweight tags: they are
+remote must hold the same tag (a dry run only warns when it has none yet). vX and vX.Y are lightweight tags: they are
 pointers that move, not records of a release (the vX.Y.Z tag is that), so they
 need no tagger identity on the runner, and `git describe` keeps naming the
 release tag. A tag is moved only forward: a patch release of an older minor
@@ -107,8 +107,8 @@ def newest_release(git: Git, pattern: str) -> Version | None:
     return max((v for v in versions if v is not None), key=lambda v: v.key, default=None)
 
 
-def check(git: Git, tag: str, remote: str) -> tuple[Version, str, str]:
-    """The tag's version, commit and release notes, or a refusal."""
+def check(git: Git, tag: str, remote: str, *, dry_run: bool) -> tuple[Version, str, str]:
+    """The tag's version, commit and release notes, or a refusal; a dry run also checks a tag not pushed yet."""
     version = Version.from_tag(tag)
     if version is None:
         raise RefusalError(f"tag {tag!r} is not a release tag vX.Y.Z (e.g. v1.2.3): tag the release as vX.Y.Z")
@@ -135,7 +135,9 @@ def check(git: Git, tag: str, remote: str) -> tuple[Version, str, str]:
             f"add a non-empty '## [{version}] - YYYY-MM-DD' section and tag that commit"
         )
     pushed = remote_commit(git, remote, tag)
-    if pushed != commit:
+    if pushed is None and dry_run:
+        print(f"remote {remote} does not have {tag} yet: push it before the release")
+    elif pushed != commit:
         state = "does not have it" if pushed is None else f"has it on {pushed[:12]}, here it is on {commit[:12]}"
         raise RefusalError(f"remote {remote} {state}: push the tag first (git push {remote} refs/tags/{tag})")
     return version, commit, notes
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     git = Git(args.repo)
     try:
-        version, commit, notes = check(git, args.tag, args.remote)
+        version, commit, notes = check(git, args.tag, args.remote, dry_run=args.dry_run)
         moves = tags_to_move(git, version)
     except RefusalError as exc:
         print(f"release: refused: {exc}", file=sys.stderr)

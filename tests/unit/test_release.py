@@ -175,6 +175,17 @@ def test_a_tag_the_remote_does_not_have_is_refused(repos, tmp_path, capsys):
     assert commit_of(bare, "v1") is None
 
 
+def test_dry_run_before_the_push_only_warns_about_the_remote(repos, tmp_path, capsys):
+    bare, work = repos
+    commit_release(work, "1.2.3")
+    git(work, "push", "--quiet", "origin", ":refs/tags/v1.2.3")
+
+    assert run(work, "v1.2.3", tmp_path / "notes.md", "--dry-run") == 0
+
+    assert "remote origin does not have v1.2.3 yet: push it before the release" in capsys.readouterr().out
+    assert commit_of(bare, "v1") is None
+
+
 def test_the_script_runs_as_a_command(repos, tmp_path):
     bare, work = repos
     first = commit_release(work, "1.2.3")
