@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import asyncpg
 
 from bastion_action.errors import ActionError, ProbeError
-from bastion_action.lock import Lease
+from bastion_action.lock import APPLICATION_NAME, Lease
 from bastion_action.report import ServerInfo
 from bastion_action.settings import DatabaseSettings
 
-APPLICATION_NAME = "bastion-migrate"
 PROBE_ATTEMPTS = 4
 _BACKOFF_SECONDS = (0.25, 0.5, 1.0)
 

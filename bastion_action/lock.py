@@ -31,7 +31,7 @@ LOCK_NAMESPACE = int.from_bytes(b"bstn", "big")  # 1651733614, the first key of 
 LOCK_POLL_SECONDS = 0.5
 HEARTBEATS_PER_LEASE = 3
 IDLE_SESSION_TIMEOUT_SINCE = 140000  # server_version_num of PostgreSQL 14
-APPLICATION_NAME = "bastion-migrate"  # the name database.py gives the action's sessions (it imports this module)
+APPLICATION_NAME = "bastion-migrate"  # every session of the action, so a holder can be told apart
 
 
 def lock_keys(database: str) -> tuple[int, int]:

@@ -114,14 +114,14 @@ async def guarded(work: Awaitable[_T], lease: Lease, gate: Gate, opened: tunnel.
 class _Database:
     """The state of one database's path while it runs (see ``run_database``)."""
 
-    def __init__(self, shared: Shared, target: Target) -> None:
+    def __init__(self, shared: Shared, target: Target, url: str) -> None:
         self.shared = shared
         self.target = target
         self.settings = dataclasses.replace(shared.settings, db=target.db)
         self.console = shared.console
         self.result = target.result
         self.clock = target.clock
-        self.url = target.db.url(target.port)
+        self.url = url  # the command's DATABASE_URL: the gate's port, and the CA file when there is one
         self.main: Launched | None = None
 
     def say(self, text: str) -> None:
@@ -263,9 +263,9 @@ async def run_database(shared: Shared, target: Target) -> None:
     A Django command starts at once (the gate holds its connections); the rest waits for the
     shared SSH connection. Everything this database opened is closed on the way out.
     """
-    path = _Database(shared, target)
     async with contextlib.AsyncExitStack() as stack:
-        path.url = target.db.url(target.port, sslrootcert=stack.enter_context(cafile.written(target.db.sslrootcert)))
+        sslrootcert = stack.enter_context(cafile.written(target.db.sslrootcert))
+        path = _Database(shared, target, target.db.url(target.port, sslrootcert=sslrootcert))
         try:
             if shared.settings.command.django:
                 path.launch_main()
