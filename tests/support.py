@@ -10,11 +10,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/lib/bastion-migrate-lab"))
@@ -343,3 +345,23 @@ def start_lock_holder(lab: dict[str, Any], database: str, seconds: int) -> subpr
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def wait_for(probe: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """``probe()``'s first truthy value within ``timeout`` s; the test fails naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what} ({timeout:g} s)")
+
+
+def action_locks(lab: dict[str, Any], database: str) -> int:
+    """Advisory locks in the action's namespace (``bastion_action.lock.LOCK_NAMESPACE``) held on ``database``."""
+    query = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND l.classid = 1651733614 AND d.datname = current_database()"
+    )
+    return int(admin_sql(lab, query, database))

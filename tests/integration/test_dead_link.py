@@ -13,11 +13,19 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from support import SAMPLE_MIGRATIONS, admin_sql, assert_failed_in, finish_action, start_action
+from support import (
+    SAMPLE_MIGRATIONS,
+    action_locks,
+    admin_sql,
+    assert_failed_in,
+    finish_action,
+    start_action,
+    wait_for,
+)
 
 Lab = dict[str, Any]
 
@@ -72,17 +80,6 @@ def end_bastion_side(lab: Lab, address: str, port: int) -> None:
         subprocess.run(["kill", "-KILL", str(pid)], check=False)
 
 
-def action_locks(lab: Lab, database: str) -> int:
-    return int(
-        admin_sql(
-            lab,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1651733614 "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            database,
-        )
-    )
-
-
 def command_sessions(lab: Lab, database: str) -> list[str]:
     """The states of the command's own sessions (Django's, not the action's) on ``database``."""
     states = admin_sql(
@@ -92,14 +89,6 @@ def command_sessions(lab: Lab, database: str) -> list[str]:
         database,
     )
     return states.splitlines()
-
-
-def poll_until(probe: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.2)
 
 
 def test_a_dead_link_frees_the_lock_and_the_migrations_transaction_on_the_server(
@@ -117,7 +106,7 @@ def test_a_dead_link_frees_the_lock_and_the_migrations_transaction_on_the_server
     process = start_action(inputs, tmp_path / "dead")
     address, port = "", 0
     try:
-        poll_until(lambda: "active" in command_sessions(lab, fresh_db) and _sleeping(lab, fresh_db), 60, "pg_sleep")
+        wait_for(lambda: "active" in command_sessions(lab, fresh_db) and _sleeping(lab, fresh_db), "pg_sleep")
         address, port = ssh_connection_of(process.pid, lab)
         states: set[str] = set()
 
@@ -133,14 +122,10 @@ def test_a_dead_link_frees_the_lock_and_the_migrations_transaction_on_the_server
             cut = time.monotonic()
             run = finish_action(process, tmp_path / "dead", started, timeout=30)
             noticed = time.monotonic() - cut
-            poll_until(
-                lock_freed,
-                LEASE + 30,
-                "the lock freed by its lease",
-            )
+            wait_for(lock_freed, "the lock freed by its lease", LEASE + 30)
             lock_gone = time.monotonic() - cut
             assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
-            poll_until(lambda: not seen(command_sessions(lab, fresh_db)), 40, "the migration's session ended")
+            wait_for(lambda: not seen(command_sessions(lab, fresh_db)), "the migration's session ended", 40)
             transaction_gone = time.monotonic() - cut
             assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
     finally:
@@ -192,11 +177,11 @@ def test_with_the_default_inputs_the_link_is_named_and_the_lock_freed_within_its
     process = start_action(inputs, tmp_path / "dead")
     address, port = "", 0
     try:
-        poll_until(lambda: _sleeping(lab, fresh_db), 60, "pg_sleep")
+        wait_for(lambda: _sleeping(lab, fresh_db), "pg_sleep")
         address, port = ssh_connection_of(process.pid, lab)
         with silenced_connection(lab, address, port):
             cut = time.monotonic()
-            poll_until(lambda: action_locks(lab, fresh_db) == 0, 60 + 30, "the lock freed by its lease")
+            wait_for(lambda: action_locks(lab, fresh_db) == 0, "the lock freed by its lease", 60 + 30)
             lock_gone = time.monotonic() - cut
             assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
             run = finish_action(process, tmp_path / "dead", started, timeout=150)

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from support import (
     ActionRun,
+    action_locks,
     admin_sql,
     finish_action,
     listening,
@@ -36,6 +37,7 @@ from support import (
     sshd_sessions,
     start_action,
     start_lock_holder,
+    wait_for,
     with_docker,
 )
 
@@ -63,15 +65,6 @@ def bastion_sessions(lab: Lab) -> set[int]:
     return set(sshd_sessions(lab["bastion_ns"]))
 
 
-def action_locks(lab: Lab, database: str) -> int:
-    """Advisory locks in the action's namespace held on ``database``."""
-    query = (
-        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-        "WHERE l.locktype = 'advisory' AND l.classid = 1651733614 AND d.datname = current_database()"
-    )
-    return int(admin_sql(lab, query, database))
-
-
 def eventually(probe: Callable[[], Any], timeout: float = DRAIN_SECONDS) -> Any:
     """``probe()``'s first falsy value within ``timeout`` s, else its last value."""
     deadline = time.monotonic() + timeout
@@ -80,16 +73,6 @@ def eventually(probe: Callable[[], Any], timeout: float = DRAIN_SECONDS) -> Any:
         time.sleep(0.1)
         value = probe()
     return value
-
-
-def wait_for(probe: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def recorded(lab: Lab, database: str) -> list[str]:

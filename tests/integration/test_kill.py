@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from support import finish_action, processes_mentioning, start_action, unique, with_docker
+from support import finish_action, processes_mentioning, start_action, unique, wait_for, with_docker
 
 ENVIRONMENT_LABEL = "io.github.bastion-migrate.environment"
 CANCEL_LIMIT_SECONDS = 10.0  # the contract: SIGTERM ends the run within 10 s
@@ -20,15 +20,6 @@ def containers(environment: str, *, running: bool = False) -> list[str]:
     return done.stdout.split()
 
 
-def wait_for(condition, seconds: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return bool(condition())
-
-
 def test_a_sigkilled_action_leaves_no_container_once_the_command_has_ended(base_inputs, lab, tmp_path) -> None:
     environment = unique("kill")
     inputs = {
@@ -39,7 +30,7 @@ def test_a_sigkilled_action_leaves_no_container_once_the_command_has_ended(base_
     }
     process = start_action(inputs, tmp_path)
     try:
-        assert wait_for(lambda: containers(environment, running=True), 60), "the container never started"
+        wait_for(lambda: containers(environment, running=True), "the container to start")
         time.sleep(2)
         process.kill()
         killed_at = time.monotonic()
@@ -48,7 +39,7 @@ def test_a_sigkilled_action_leaves_no_container_once_the_command_has_ended(base_
         if process.poll() is None:
             process.kill()
     # Nothing of the action is left to remove it: the engine does (AutoRemove), once the command has ended.
-    assert wait_for(lambda: not containers(environment), 15), containers(environment)
+    wait_for(lambda: not containers(environment), "no container left", 15)
     gone_after = time.monotonic() - killed_at
     # The command's database went with the action's tunnel, so it ended at once rather than after its 6 s left.
     assert gone_after < 5, gone_after
@@ -60,7 +51,7 @@ def test_sigterm_ends_a_command_that_ignores_it_and_a_daemon_holding_its_pipe(ba
     inputs = {**base_inputs, "command": "custom", "args": f'sh -c "{script}"'}
     started = time.monotonic()
     process = start_action(inputs, tmp_path)
-    assert wait_for(lambda: len(processes_mentioning(f"sleep\x00{marker}")) >= 2, 30), "the command never started"
+    wait_for(lambda: len(processes_mentioning(f"sleep\x00{marker}")) >= 2, "the command to start", 30)
     time.sleep(1)
     os.kill(process.pid, signal.SIGTERM)
     cancelled_at = time.monotonic()
@@ -82,7 +73,7 @@ def test_sigterm_stops_a_container_whose_command_ignores_it(base_inputs, lab, tm
     }
     started = time.monotonic()
     process = start_action(inputs, tmp_path)
-    assert wait_for(lambda: containers(environment, running=True), 60), "the container never started"
+    wait_for(lambda: containers(environment, running=True), "the container to start")
     time.sleep(1)
     os.kill(process.pid, signal.SIGTERM)
     cancelled_at = time.monotonic()

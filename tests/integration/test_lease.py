@@ -7,7 +7,7 @@ import subprocess
 import time
 from typing import Any
 
-from support import admin_sql, assert_failed_in, finish_action, start_action
+from support import admin_sql, assert_failed_in, finish_action, start_action, wait_for
 
 Lab = dict[str, Any]
 
@@ -38,17 +38,6 @@ def sessions_of(lab: Lab, database: str) -> list[str]:
     return names.splitlines()
 
 
-def wait_until(probe, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    msg = f"timed out waiting for {what}"
-    raise AssertionError(msg)
-
-
 def test_a_lost_lock_fails_the_run_at_once_and_cuts_the_commands_sessions(base_inputs, lab, fresh_db, tmp_path):
     inputs = {
         **base_inputs,
@@ -58,7 +47,7 @@ def test_a_lost_lock_fails_the_run_at_once_and_cuts_the_commands_sessions(base_i
     started = time.monotonic()
     process = start_action(inputs, tmp_path)
     try:
-        wait_until(lambda: len(sessions_of(lab, fresh_db)) >= 2, "the lock's and the command's sessions")
+        wait_for(lambda: len(sessions_of(lab, fresh_db)) >= 2, "the lock's and the command's sessions", 15)
         time.sleep(1)
         pid = lock_holder_pid(lab, fresh_db)
         assert pid is not None
@@ -72,7 +61,7 @@ def test_a_lost_lock_fails_the_run_at_once_and_cuts_the_commands_sessions(base_i
     assert_failed_in(run, "lock")
     assert "was lost: its session was ended" in run.annotations[0], run.explain()
     # The command's own session went with the lock: no other run can migrate alongside it.
-    assert wait_until(lambda: sessions_of(lab, fresh_db) == [] or None, "the sessions to end", 5) is True
+    wait_for(lambda: sessions_of(lab, fresh_db) == [], "the sessions to end", 5)
 
 
 def test_db_lock_timeout_fails_a_migration_that_would_queue_behind_a_long_transaction(
@@ -89,7 +78,7 @@ def test_db_lock_timeout_fails_a_migration_that_would_queue_behind_a_long_transa
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: "long-report" in sessions_of(lab, fresh_db), "the long transaction")
+        wait_for(lambda: "long-report" in sessions_of(lab, fresh_db), "the long transaction", 15)
         started = time.monotonic()
         run = action({**base_inputs, "command": "migrate", "db-lock-timeout": "2"})
         waited = time.monotonic() - started
