@@ -480,18 +480,32 @@ async def test_the_pull_waits_for_validated_settings_and_reports_the_digest() ->
     assert lines[3].startswith(f"image: reg.example.com/team/app:v1 (sha256:{'3' * 64}), pulled in ")
 
 
-async def test_skipping_the_host_key_check_warns_what_it_risks(sshd, postgres, databases) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "warning"),
+    [
+        pytest.param(
+            {"ssh_known_hosts": "", "ssh_insecure_skip_host_key_check": "true"},
+            "warning: ssh-insecure-skip-host-key-check is true: the bastion's identity is not verified, so a man in "
+            "the middle could read the SSH and database credentials. Set ssh-known-hosts or ssh-host-fingerprint.",
+            id="host-key-check-skipped",
+        ),
+        pytest.param(
+            {"ssh_legacy_algorithms": "true"},
+            "warning: ssh-legacy-algorithms is true: SHA-1 signatures (ssh-rsa), key exchange and MACs are accepted, "
+            "which OpenSSH 8.8 and newer refuse. Update the bastion's sshd and remove the flag.",
+            id="legacy-algorithms",
+        ),
+    ],
+)
+async def test_a_risky_ssh_setting_warns_what_it_risks_on_every_run(
+    sshd, postgres, databases, overrides: dict[str, str], warning: str
+) -> None:
     name = await databases()
-    parsed = make_settings(
-        **inputs(sshd, postgres, name, command="probe", ssh_known_hosts="", ssh_insecure_skip_host_key_check="true")
-    )
+    parsed = make_settings(**inputs(sshd, postgres, name, command="probe", **overrides))
     out = io.StringIO()
     run = await pipeline.execute(parsed, Console({}, stream=out))
     assert run.result is Result.SUCCESS, run.error
-    assert out.getvalue().splitlines()[0] == (
-        "warning: ssh-insecure-skip-host-key-check is true: the bastion's identity is not verified, so a man in "
-        "the middle could read the SSH and database credentials. Set ssh-known-hosts or ssh-host-fingerprint."
-    )
+    assert out.getvalue().splitlines()[0] == warning
 
 
 async def test_an_unexpected_exception_still_ends_in_the_failure_contract(sshd, postgres, databases) -> None:
@@ -843,18 +857,6 @@ async def test_releasing_a_lost_lease_leaves_the_session_alone(postgres, databas
     finally:
         await connection.close()
     assert await lock_holder_pid(postgres, name) is None
-
-
-async def test_legacy_ssh_algorithms_warn_on_every_run(sshd, postgres, databases) -> None:
-    name = await databases()
-    parsed = make_settings(**inputs(sshd, postgres, name, command="probe", ssh_legacy_algorithms="true"))
-    out = io.StringIO()
-    run = await pipeline.execute(parsed, Console({}, stream=out))
-    assert run.result is Result.SUCCESS, run.error
-    assert out.getvalue().splitlines()[0] == (
-        "warning: ssh-legacy-algorithms is true: SHA-1 signatures (ssh-rsa), key exchange and MACs are accepted, "
-        "which OpenSSH 8.8 and newer refuse. Update the bastion's sshd and remove the flag."
-    )
 
 
 async def test_a_roles_shorter_idle_session_timeout_does_not_end_the_lease(sshd, postgres, databases) -> None:
