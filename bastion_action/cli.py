@@ -57,17 +57,22 @@ def _unknown_argument(word: str) -> str:
     return f"unknown flag {flag}; see --help for the flags"
 
 
-def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+def explicit_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[dict[str, str], frozenset[str]]:
+    """The ``INPUT_*`` variables overridden by the CLI's flags, and which inputs the flags gave."""
     raw = raw_from_environ(environ)
     if not argv:  # the action itself passes no flags: argparse is not even imported
-        return raw
+        return raw, frozenset()
     parser = _parser()
     namespace, extra = parser.parse_known_args(argv)
     if extra:
         parser.error(_unknown_argument(extra[0]))
-    flags = vars(namespace)
-    raw.update({name: value for name, value in flags.items() if value is not None})
-    return raw
+    flags = {name: value for name, value in vars(namespace).items() if value is not None}
+    raw.update(flags)
+    return raw, frozenset(flags)
+
+
+def raw_inputs(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
+    return explicit_inputs(argv, environ)[0]
 
 
 def _secret_inputs(raw: Mapping[str, str], environ: Mapping[str, str]) -> list[str]:
@@ -155,17 +160,27 @@ def _debug_settings(console: Console, parsed: settings.Settings) -> None:
         )
 
 
+def _resolved(console: Console, lines: Sequence[str]) -> None:
+    """The "resolved inputs" group: where each input came from (never a secret's value)."""
+    if lines:
+        with console.group("resolved inputs"):
+            for line in lines:
+                console.line(line)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     console = Console(environ)
-    raw = raw_inputs(sys.argv[1:] if argv is None else argv, environ)
+    raw, flags = explicit_inputs(sys.argv[1:] if argv is None else argv, environ)
     console.mask(_secret_inputs(raw, environ))
     console.debugging = settings.debug_requested(environ)
     try:
-        parsed = settings.parse(raw, environ)
+        parsed = settings.parse(raw, environ, flags=flags)
     except Exception as exc:  # noqa: BLE001 - a bug in parsing still ends in the failure contract
         console.line(f"{NAME} {__version__}")
         error = exc if isinstance(exc, SettingsError) else InternalError.of(exc, Stage.SETTINGS)
+        if isinstance(error, SettingsError):
+            _resolved(console, error.resolved)
         run = RunResult(
             environment=raw.get("environment", ""),
             mode=raw.get("mode", "").strip() or INPUTS_BY_NAME["mode"].default,
@@ -175,6 +190,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _finish(console, run)
     console.mask(parsed.secrets)
     console.line(f"{NAME} {__version__}")  # after every mask: nothing else may print before them
+    _resolved(console, parsed.resolved)
     console.debugging = parsed.debug
     _debug_settings(console, parsed)
     local.become_subreaper()

@@ -100,12 +100,14 @@ def _fatal(exc: BaseException, db: DatabaseSettings) -> ProbeError | None:
         return _untrusted(exc, db)
     if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
         return ProbeError(
-            f"the database refused user {db.user!r}: {exc}",
+            f"the database refused user {db.user!r}: {exc}" + db.source("db-user", "db-password"),
             hint="Check db-user and db-password (and pg_hba.conf for this user and address).",
             anchor="database-authentication",
         )
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return ProbeError(f"database {db.name!r} does not exist", hint="Check db-name.")
+        return ProbeError(
+            f"database {db.name!r} does not exist" + db.source("db-name", "databases"), hint="Check db-name."
+        )
     if isinstance(exc, asyncpg.PostgresError):
         return ProbeError(f"the database answered with an error: {exc}", hint="See the message; check db-* inputs.")
     return None

@@ -38,12 +38,19 @@ class ActionError(Exception):
     """An expected failure: what went wrong, in which stage, and what to do."""
 
     stage: ClassVar[Stage]
+    file = ""  # a file the problem is in (the topology file), for the annotation's place
+    line = 0
 
     def __init__(self, message: str, *, hint: str = "", anchor: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.anchor = anchor or self.stage.value
+
+    @property
+    def problems(self) -> tuple[ActionError, ...]:
+        """The problems to annotate one by one: this one, or all the settings problems of a run."""
+        return (self,)
 
     @property
     def docs(self) -> str:
@@ -57,7 +64,54 @@ class ActionError(Exception):
 
 
 class SettingsError(ActionError):
+    """A bad or missing input. ``inputs`` names the inputs at fault, so the parser can say where each came
+    from; ``expected``/``got`` are kept apart so a value read from a secret is described, never shown;
+    ``file``/``line`` place the annotation on the topology file."""
+
     stage = Stage.SETTINGS
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str = "",
+        anchor: str = "",
+        inputs: tuple[str, ...] = (),
+        expected: str = "",
+        got: str | None = None,
+        suggestion: str = "",
+        file: str = "",
+        line: int = 0,
+    ) -> None:
+        super().__init__(message, hint=hint, anchor=anchor)
+        self.inputs = inputs
+        self.expected = expected
+        self.got = got
+        self.suggestion = suggestion
+        self.file = file
+        self.line = line
+        self.resolved: tuple[str, ...] = ()  # the run's resolved inputs, for the log (set by the parser)
+
+
+class SettingsProblems(SettingsError):  # noqa: N818 - it holds errors; it is one
+    """Every settings problem of a run at once: one annotation each, so one run shows them all."""
+
+    def __init__(self, problems: list[SettingsError]) -> None:
+        listed = "; ".join(problem.message for problem in problems)
+        super().__init__(
+            f"{len(problems)} problems with the inputs: {listed}",
+            hint="Fix each one (every problem has its own annotation with its fix).",
+        )
+        self._problems = tuple(problems)
+
+    @property
+    def problems(self) -> tuple[ActionError, ...]:
+        return self._problems
+
+    @classmethod
+    def of(cls, problems: list[SettingsError]) -> SettingsError:
+        """One problem as itself, several as one error holding them all."""
+        return problems[0] if len(problems) == 1 else cls(problems)
 
 
 class TunnelError(ActionError):
@@ -109,11 +163,23 @@ class InternalError(ActionError):
         )
 
 
-def input_error(name: str, expected: str, got: str | None = None, *, suggestion: str = "") -> SettingsError:
+def input_message(name: str, expected: str, got: str | None = None, suggestion: str = "") -> str:
     """``ssh-port: expected 1-65535, got 'abc'`` — the shape of every input error (``; did you mean ...?`` after)."""
     message = f"{name}: expected {expected}"
     if got is not None:
-        message += f", got {got!r}"
+        message += f", got {got}"
     if suggestion:
         message += f"; {suggestion}"
-    return SettingsError(message, hint=f"Check the '{name}' input of the step.")
+    return message
+
+
+def input_error(name: str, expected: str, got: str | None = None, *, suggestion: str = "") -> SettingsError:
+    """A bad value of one input; the parser adds where the value came from and the fix there."""
+    return SettingsError(
+        input_message(name, expected, None if got is None else repr(got), suggestion),
+        hint=f"Check the '{name}' input of the step.",
+        inputs=(name,),
+        expected=expected,
+        got=got,
+        suggestion=suggestion,
+    )

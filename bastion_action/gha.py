@@ -174,16 +174,25 @@ class Console:
             self.line(f"warning: {message}")
 
     def failure(self, error: ActionError) -> None:
-        """One annotation for a failed run: the stage, what happened, the hint."""
-        message = self.redact(error.message)
-        hint = self.redact(error.hint)
-        if self.github:
-            body = f"{message}\nHint: {hint}" if hint else message
-            self._command(command("error", body, {"title": f"{TITLE}: {error.stage.value} failed"}))
-        else:
-            self.line(f"error [{error.stage.value}]: {message}")
-            if hint:
-                self.line(f"hint: {hint}")
+        """One annotation per problem of a failed run (settings may have several): stage, what, the hint.
+
+        A problem in the topology file is placed on its line, so GitHub shows it on the file too.
+        """
+        for problem in error.problems:
+            message = self.redact(problem.message)
+            hint = self.redact(problem.hint)
+            if self.github:
+                body = f"{message}\nHint: {hint}" if hint else message
+                properties = {"title": f"{TITLE}: {problem.stage.value} failed"}
+                if problem.file:
+                    properties["file"] = self.redact(problem.file)
+                    if problem.line:
+                        properties["line"] = str(problem.line)
+                self._command(command("error", body, properties))
+            else:
+                self.line(f"error [{problem.stage.value}]: {message}")
+                if hint:
+                    self.line(f"hint: {hint}")
 
     # -- outputs and summary ---------------------------------------------------
     def set_outputs(self, outputs: Mapping[str, str]) -> None:

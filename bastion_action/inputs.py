@@ -8,12 +8,14 @@ import enum
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
-from bastion_action.errors import SettingsError, input_error
+from bastion_action.errors import SettingsError, SettingsProblems, input_error, input_message
 
 _E = TypeVar("_E", bound=enum.StrEnum)
+_T = TypeVar("_T")
+_U = TypeVar("_U")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,12 +288,13 @@ _CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab",
 _CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 
-def check_single_line(values: Mapping[str, str]) -> None:
-    """Refuse a control character inside any value of an input that is not multi-line (its row says which).
+def single_line_problems(values: Mapping[str, str]) -> list[SettingsError]:
+    """A control character inside any value of an input that is not multi-line (its row says which).
 
     Checked as the reader will use the value (trimmed), so a secret stored with its trailing newline still
     works; the error describes the character, never the value, which may come from a secret.
     """
+    problems = []
     for name, value in values.items():
         spec = INPUTS_BY_NAME.get(name)
         if spec is None or spec.secret or spec.multi_line:
@@ -299,19 +302,161 @@ def check_single_line(values: Mapping[str, str]) -> None:
         for position, character in enumerate(value.strip(), start=1):
             if unicodedata.category(character) in _CONTROL_CATEGORIES:
                 described = _CHARACTER_NAMES.get(character, "a control character")
-                raise SettingsError(
-                    f"{name}: expected a single line without control characters, "
-                    f"got {described} (U+{ord(character):04X}) at position {position}",
-                    hint=f"Check the '{name}' input of the step, or the secret or config-file key it is read from.",
+                problems.append(
+                    SettingsError(
+                        f"{name}: expected a single line without control characters, "
+                        f"got {described} (U+{ord(character):04X}) at position {position}",
+                        hint=f"Check the '{name}' input of the step.",
+                        inputs=(name,),
+                    )
                 )
+                break
+    return problems
+
+
+def check_single_line(values: Mapping[str, str]) -> None:
+    """Refuse a control character in a single-line input (see ``single_line_problems``)."""
+    problems = single_line_problems(values)
+    if problems:
+        raise problems[0]
+
+
+class Source(enum.Enum):
+    """Where an input's value came from, highest precedence first."""
+
+    INPUT = "input"  # the step's `with:` (INPUT_*)
+    FLAG = "flag"  # the local CLI
+    SECRET = "secret"  # noqa: S105 - a key of the `secrets` JSON
+    ENVIRONMENT = "environment"  # a <PREFIX>_* variable of the job's environment
+    FILE = "file"  # the topology file
+    DEFAULT = "default"  # action.yml's default
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """Where one input's value came from: enough to name it in an error and to say where to fix it."""
+
+    source: Source
+    key: str = ""  # the secret's or variable's name, or the file's key path (environments.dev.db-port)
+    file: str = ""
+    line: int = 0
+    plain: bool = False  # a secret found by its plain name (an environment secret), not <PREFIX>_<NAME>
+
+    @property
+    def hides_value(self) -> bool:
+        """Values from secrets are masked everywhere: an error describes them instead of showing '***'."""
+        return self.source in {Source.SECRET, Source.ENVIRONMENT}
+
+    def describe(self, name: str) -> str:
+        """``secret DEV_DB_PORT (secrets input)``: where the value of ``name`` was read."""
+        return self._wording()[0].format(name=name, origin=self)
+
+    def fix(self, name: str) -> str:
+        """Where to change the value: the hint of an error about it."""
+        return self._wording()[1].format(name=name, origin=self)
+
+    def _wording(self) -> tuple[str, str]:
+        if self.source is Source.SECRET and self.plain:
+            return _PLAIN_SECRET_WORDING
+        return _WORDING[self.source]
+
+
+# Source -> (where the value was read, where to fix it), formatted with the input's name and the Origin.
+_WORDING = {
+    Source.INPUT: ("the step's input {name}", "Fix the '{name}' input of the step."),
+    Source.FLAG: ("the flag --{name}", "Fix --{name} on the command line."),
+    Source.SECRET: (
+        "secret {origin.key} (secrets input)",
+        "Fix the secret {origin.key} in the repository's, organisation's or environment's secrets.",
+    ),
+    Source.ENVIRONMENT: (
+        "environment variable {origin.key}",
+        "Fix the environment variable {origin.key} (the job's or step's env).",
+    ),
+    Source.FILE: (
+        "{origin.file} line {origin.line} ({origin.key})",
+        "Fix {origin.key} at line {origin.line} of {origin.file}.",
+    ),
+    Source.DEFAULT: ("the default of {name}", "Set the '{name}' input: its default does not fit here."),
+}
+_PLAIN_SECRET_WORDING = (
+    "environment secret {origin.key} (secrets input)",
+    "Fix the secret {origin.key} in the job's environment secrets.",
+)
+
+
+DEFAULT_ORIGIN = Origin(Source.DEFAULT)
+
+
+def _described(value: str) -> str:
+    return f"a value of {len(value)} character{'s' if len(value) != 1 else ''} (not shown: it is read from a secret)"
 
 
 class Reader:
-    """Typed access to raw inputs; each parse error names its input (and the secret it was read from)."""
+    """Typed access to raw inputs that collects every problem instead of stopping at the first.
 
-    def __init__(self, raw: Mapping[str, str], secret_names: Mapping[str, str] | None = None) -> None:
+    A read that fails records the problem (once per input), named with where the value came from and
+    where to fix it, and returns a stand-in so the rest is still checked; ``raise_problems`` ends it.
+    """
+
+    def __init__(
+        self,
+        raw: Mapping[str, str],
+        origins: Mapping[str, Origin] | None = None,
+        looked: Mapping[str, str] | None = None,
+    ) -> None:
         self._raw = raw
-        self._secret_names = secret_names or {}
+        self._origins = origins or {}
+        self._looked = looked or {}  # input -> where an unset value was looked for (secret names, the file)
+        self.problems: list[SettingsError] = []
+
+    def origin(self, name: str) -> Origin:
+        value = self._raw.get(name, "")
+        return self._origins.get(name, DEFAULT_ORIGIN) if value.strip() else DEFAULT_ORIGIN
+
+    def placed(self, error: SettingsError) -> SettingsError:
+        """``error`` saying where its input's value came from, its hint where to fix it."""
+        if not error.inputs:
+            return error
+        name = error.inputs[0]
+        origin = self.origin(name)
+        if origin.source is Source.DEFAULT and not INPUTS_BY_NAME[name].default:
+            return error  # nothing was given: the message says what is missing and where it was looked for
+        message = error.message
+        if error.expected:
+            got = error.got
+            if got is not None:
+                got = _described(got) if origin.hides_value else repr(got)
+            message = input_message(name, error.expected, got, error.suggestion)
+        sources = [self.origin(other).describe(other) for other in error.inputs]
+        message += f" (from {', '.join(sources)})" if len(error.inputs) > 1 else f" (from {sources[0]})"
+        generic = error.hint == f"Check the '{name}' input of the step."
+        hint = origin.fix(name) if generic or not error.hint else f"{error.hint} {origin.fix(name)}"
+        placed = SettingsError(message, hint=hint, anchor=error.anchor, inputs=error.inputs)
+        if origin.source is Source.FILE and not origin.file.startswith("/"):  # annotations take repository paths
+            placed.file, placed.line = origin.file, origin.line
+        return placed
+
+    def problem(self, error: SettingsError) -> None:
+        """Record ``error`` (placed), unless its input already has a problem: the first says it best."""
+        if error.inputs and any(error.inputs[0] in known.inputs for known in self.problems):
+            return
+        self.problems.append(self.placed(error))
+
+    def attempt(self, parse: Callable[[], _T], fallback: _U) -> _T | _U:
+        """``parse()``, or ``fallback`` with its error recorded."""
+        try:
+            return parse()
+        except SettingsError as exc:
+            self.problem(exc)
+            return fallback
+
+    def failed(self, *names: str) -> bool:
+        return any(name in problem.inputs for problem in self.problems for name in names)
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise SettingsProblems.of(self.problems)
 
     def text(self, name: str) -> str:
         value = self._raw.get(name, "")
@@ -322,22 +467,30 @@ class Reader:
     def optional(self, name: str) -> str | None:
         return self.text(name) or None
 
-    def unset_secrets(self, *names: str) -> str:
-        """`` (secrets A and B are not set)`` for inputs the secrets-by-prefix layer looked for; else ''."""
-        secrets = [self._secret_names[name] for name in names if name in self._secret_names]
-        if not secrets:
-            return ""
-        if len(secrets) == 1:
-            return f" (secret {secrets[0]} is not set)"
-        return f" (secrets {' and '.join(secrets)} are not set)"
+    def unset(self, *names: str) -> str:
+        """`` (not set: secret DEV_HOST, ...)`` for unset inputs: where each was looked for; else ''."""
+        looked = [self._looked[name] for name in names if name in self._looked]
+        return f" ({'; '.join(looked)})" if looked else ""
+
+    def neither(self, names: tuple[str, str], *, hint: str, purpose: str = "") -> None:
+        """Record that one of two inputs is required and neither was given."""
+        self.problem(
+            SettingsError(
+                f"{names[0]} or {names[1]}: one is required{purpose}, got neither{self.unset(*names)}",
+                hint=hint,
+                inputs=names,
+            )
+        )
 
     def required(self, name: str, what: str) -> str:
         value = self.text(name)
         if not value.strip():
-            unset = self.unset_secrets(name)
-            raise SettingsError(
-                f"{name}: required, expected {what}, got nothing{unset}",
-                hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
+            self.problem(
+                SettingsError(
+                    f"{name}: required, expected {what}, got nothing{self.unset(name)}",
+                    hint=f"Set the '{name}' input (or the secret it is read from); an unset secret expands to ''.",
+                    inputs=(name,),
+                )
             )
         return value
 
@@ -345,7 +498,8 @@ class Reader:
         value = self.text(name)
         low = 0 if allow_zero else 1
         if not re.fullmatch(r"[0-9]{1,5}", value) or not low <= int(value) <= 65535:  # noqa: PLR2004
-            raise input_error(name, f"a port number {low}-65535", value)
+            self.problem(input_error(name, f"a port number {low}-65535", value))
+            return low
         return int(value)
 
     def seconds(self, name: str) -> float:
@@ -355,7 +509,8 @@ class Reader:
         except ValueError:
             number = math.nan
         if not math.isfinite(number) or number <= 0:
-            raise input_error(name, "a number of seconds greater than 0", value)
+            self.problem(input_error(name, "a number of seconds greater than 0", value))
+            return float(INPUTS_BY_NAME[name].default or 1)
         return number
 
     def boolean(self, name: str) -> bool:
@@ -365,7 +520,8 @@ class Reader:
             return True
         if value in {"false", "no", "0", "off"}:
             return False
-        raise input_error(name, expected, value)
+        self.problem(input_error(name, expected, value))
+        return False
 
     def choice(self, name: str, enum_type: type[_E]) -> _E:
         value = self.text(name).lower()
@@ -374,4 +530,5 @@ class Reader:
         except ValueError:
             values = [member.value for member in enum_type]
             suggestion = did_you_mean(value, values)
-            raise input_error(name, f"one of {' | '.join(values)}", value, suggestion=suggestion) from None
+            self.problem(input_error(name, f"one of {' | '.join(values)}", value, suggestion=suggestion))
+            return enum_type(INPUTS_BY_NAME[name].default)

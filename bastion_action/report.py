@@ -308,6 +308,10 @@ def _outcome(run: RunResult) -> list[str]:
     lines = []
     if run.error and run.result is Result.PENDING:
         lines += ["", f"**Pending:** {_text(run.error.message)}", "", f"Hint: {_text(run.error.hint)}"]
+    elif run.error and len(run.error.problems) > 1:
+        lines += ["", f"**Failed in the `{run.error.stage.value}` stage:** {len(run.error.problems)} problems", ""]
+        lines += [f"- {_text(problem.message)}. {_text(problem.hint)}" for problem in run.error.problems]
+        lines += ["", f"More: bastion-migrate's `{run.error.docs}`."]
     elif run.error:
         lines += ["", f"**Failed in the `{run.error.stage.value}` stage:** {_text(run.error.message)}"]
         if run.error.hint:

@@ -9,21 +9,22 @@ import os
 import re
 import shlex
 import ssl
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from bastion_action import sources
-from bastion_action.errors import SettingsError, input_error
+from bastion_action.errors import SettingsError, SettingsProblems, input_error
 from bastion_action.inputs import (
+    DEFAULT_ORIGIN,
     INPUTS,
     INPUTS_BY_NAME,
     InputSpec,
     Reader,
-    check_single_line,
     close_matches,
     did_you_mean,
     raw_from_environ,
+    single_line_problems,
 )
 from bastion_action.redaction import masks, secret_forms
 from bastion_action.references import (
@@ -118,6 +119,12 @@ class SSHSettings:
     keepalive_interval: float
     connect_timeout: float
     legacy_algorithms: bool = False  # SHA-1 signatures, key exchange and MACs accepted too
+    # input -> "ssh-password from secret DEV_SSH_PASSWORD (secrets input)": runtime errors name the source
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    def source(self, *names: str) -> str:
+        """`` (ssh-user from ..., ssh-password from ...)`` for the inputs that were given; else ''."""
+        return _source_note(self.sources, names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +137,10 @@ class DatabaseSettings:
     sslmode: str
     local_port: int
     sslrootcert: str | None = None  # PEM text of the CA; given exactly when sslmode is verify-ca or verify-full
+    sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)  # as SSHSettings'
+
+    def source(self, *names: str) -> str:
+        return _source_note(self.sources, names)
 
     def url(self, port: int, host: str = "127.0.0.1", sslrootcert: str | None = None) -> str:
         """The ``postgresql://`` URL for the tunnel's end, every part percent-encoded.
@@ -148,6 +159,11 @@ class DatabaseSettings:
         return (
             f"postgresql://{user}:{password}@{_url_host(host)}:{port}/{quote(self.name, safe='')}?{urlencode(options)}"
         )
+
+
+def _source_note(sources: Mapping[str, str], names: tuple[str, ...]) -> str:
+    known = [sources[name] for name in names if name in sources]
+    return f" ({'; '.join(known)})" if known else ""
 
 
 def _url_host(host: str) -> str:
@@ -204,6 +220,7 @@ class Settings:
     lock_lease: float
     lock_break_stale: bool
     secrets: tuple[str, ...]
+    resolved: tuple[str, ...] = ()  # each input's source, for the log (no secret value)
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -218,7 +235,7 @@ def _parse_extra_env(text: str) -> dict[str, str]:
         name = name.strip()
         if not sep or not _ENV_NAME.fullmatch(name):
             msg = f"extra-env: line {number}: expected NAME=value with NAME a valid variable name"
-            raise SettingsError(msg, hint="Put one NAME=value per line.")
+            raise SettingsError(msg, hint="Put one NAME=value per line.", inputs=("extra-env",))
         env[name] = value
     return env
 
@@ -235,18 +252,16 @@ def _ssh_settings(read: Reader) -> SSHSettings:
     password = read.optional("ssh-password")
     private_key = read.optional("ssh-private-key")
     if not password and not private_key:
-        raise SettingsError(
-            "ssh-password or ssh-private-key: one is required, got neither"
-            + read.unset_secrets("ssh-password", "ssh-private-key"),
-            hint="Give the bastion user's password or private key (as text).",
+        read.neither(
+            ("ssh-password", "ssh-private-key"), hint="Give the bastion user's password or private key (as text)."
         )
-    fingerprints = parse_fingerprints(read.text("ssh-host-fingerprint"))
+    fingerprints = read.attempt(lambda: parse_fingerprints(read.text("ssh-host-fingerprint")), ())
     known_hosts = read.optional("ssh-known-hosts")
     insecure = read.boolean("ssh-insecure-skip-host-key-check")
-    if not (known_hosts or fingerprints or insecure):
-        raise SettingsError(
-            "ssh-known-hosts or ssh-host-fingerprint: one is required to verify the bastion, got neither"
-            + read.unset_secrets("ssh-known-hosts"),
+    if not (known_hosts or fingerprints or insecure or read.failed("ssh-host-fingerprint")):
+        read.neither(
+            ("ssh-known-hosts", "ssh-host-fingerprint"),
+            purpose=" to verify the bastion",
             hint="Run `ssh-keyscan -p PORT HOST` from a trusted network and store its output in ssh-known-hosts.",
         )
     user = read.required("ssh-user", "the user on the bastion")
@@ -261,7 +276,7 @@ def _ssh_settings(read: Reader) -> SSHSettings:
         host_fingerprints=fingerprints,
         insecure_skip_host_key_check=insecure and not (known_hosts or fingerprints),
         insecure_skip_ignored=insecure and bool(known_hosts or fingerprints),
-        jump_hosts=parse_jump_hosts(read.text("ssh-jump-hosts"), user),
+        jump_hosts=read.attempt(lambda: parse_jump_hosts(read.text("ssh-jump-hosts"), user), ()),
         keepalive_interval=read.seconds("ssh-keepalive-interval"),
         connect_timeout=read.seconds("connect-timeout"),
         legacy_algorithms=read.boolean("ssh-legacy-algorithms"),
@@ -275,34 +290,44 @@ def _sslrootcert(read: Reader, sslmode: str) -> str | None:
     """The CA's PEM text: exactly when the mode verifies, and loadable, or an error naming both inputs."""
     pem = read.optional("db-sslrootcert")
     if sslmode in VERIFYING_SSLMODES and not pem:
-        raise SettingsError(
-            f"db-sslrootcert: required with db-sslmode: {sslmode}, expected the CA certificate (PEM text) "
-            "that signed the database's certificate, got nothing" + read.unset_secrets("db-sslrootcert"),
-            hint="Paste the CA certificate your provider hands out (DigitalOcean: the cluster's "
-            "'CA certificate' download), BEGIN and END lines included.",
+        read.problem(
+            SettingsError(
+                f"db-sslrootcert: required with db-sslmode: {sslmode}, expected the CA certificate (PEM text) "
+                "that signed the database's certificate, got nothing" + read.unset("db-sslrootcert"),
+                hint="Paste the CA certificate your provider hands out (DigitalOcean: the cluster's "
+                "'CA certificate' download), BEGIN and END lines included.",
+                inputs=("db-sslrootcert",),
+            )
         )
-    if pem and sslmode not in VERIFYING_SSLMODES:
-        raise SettingsError(
-            f"db-sslmode: expected verify-ca or verify-full with db-sslrootcert, got {sslmode}: "
-            "the CA would not be checked",
-            hint="Set db-sslmode: verify-full (the certificate must name db-host) or verify-ca.",
+    elif pem and sslmode not in VERIFYING_SSLMODES:
+        read.problem(
+            SettingsError(
+                f"db-sslmode: expected verify-ca or verify-full with db-sslrootcert, got {sslmode}: "
+                "the CA would not be checked",
+                hint="Set db-sslmode: verify-full (the certificate must name db-host) or verify-ca.",
+                inputs=("db-sslmode", "db-sslrootcert"),
+            )
         )
-    if pem:
+    elif pem:
         try:
             ssl.create_default_context(cadata=pem)
         except (ssl.SSLError, ValueError) as exc:
-            raise SettingsError(
-                "db-sslrootcert: expected PEM certificates ('-----BEGIN CERTIFICATE-----'), "
-                f"could not load them ({exc})",
-                hint="Paste the CA certificate's text as it is, BEGIN and END lines included.",
-            ) from None
+            read.problem(
+                SettingsError(
+                    "db-sslrootcert: expected PEM certificates ('-----BEGIN CERTIFICATE-----'), "
+                    f"could not load them ({exc})",
+                    hint="Paste the CA certificate's text as it is, BEGIN and END lines included.",
+                    inputs=("db-sslrootcert",),
+                )
+            )
     return pem
 
 
 def _db_settings(read: Reader) -> DatabaseSettings:
     sslmode = read.text("db-sslmode").lower()
     if sslmode not in SSLMODES:
-        raise input_error("db-sslmode", "one of " + " | ".join(SSLMODES), sslmode)
+        read.problem(input_error("db-sslmode", "one of " + " | ".join(SSLMODES), sslmode))
+        sslmode = INPUTS_BY_NAME["db-sslmode"].default
     sslrootcert = _sslrootcert(read, sslmode)
     fan_out = bool(read.text("databases").strip())
     return DatabaseSettings(
@@ -327,18 +352,19 @@ def _bound(read: Reader, name: str) -> float:
     except ValueError:
         number = math.nan
     if not 0 <= number <= MAX_BOUND_SECONDS:  # NaN and infinities fail too
-        raise input_error(name, f"a number of seconds up to {MAX_BOUND_SECONDS}, or 0 for off", value)
+        read.problem(input_error(name, f"a number of seconds up to {MAX_BOUND_SECONDS}, or 0 for off", value))
+        return 0
     return number
 
 
 def _app_settings(read: Reader, environ: Mapping[str, str]) -> AppSettings:
     url_env = read.text("database-url-env")
     if not _ENV_NAME.fullmatch(url_env):
-        raise input_error("database-url-env", "a valid environment variable name", url_env)
+        read.problem(input_error("database-url-env", "a valid environment variable name", url_env))
     return AppSettings(
         django_settings_module=read.optional("django-settings-module"),
         secret_key=read.optional("secret-key"),
-        extra_env=_parse_extra_env(read.text("extra-env")),
+        extra_env=read.attempt(lambda: _parse_extra_env(read.text("extra-env")), {}),
         database_url_env=url_env,
         manage_py=read.text("manage-py"),
         working_directory=_resolve_directory(read.text("working-directory"), environ),
@@ -352,25 +378,34 @@ def _app_settings(read: Reader, environ: Mapping[str, str]) -> AppSettings:
     )
 
 
-def _image_settings(read: Reader, pull: PullPolicy, *, token_filled: bool) -> ImageSettings:
-    reference = parse_image_reference(read.required("image", "the image to run the command in"), read.text("image-tag"))
+def _image_settings(read: Reader, pull: PullPolicy, *, token_filled: bool) -> ImageSettings | None:
+    image = read.required("image", "the image to run the command in")
+    reference = read.attempt(lambda: parse_image_reference(image, read.text("image-tag")), None) if image else None
     given = read.text("registry")
     if given and not is_registry_host(given):
-        raise input_error("registry", "a registry host[:port], like registry.digitalocean.com", given)
+        read.problem(input_error("registry", "a registry host[:port], like registry.digitalocean.com", given))
     username, password = read.optional("registry-username"), read.optional("registry-password")
     if bool(username) != bool(password):
-        raise SettingsError(
-            "registry-username and registry-password: expected both or neither, got only "
-            + ("registry-username" if username else "registry-password"),
-            hint="DigitalOcean's registry takes the access token as both.",
+        read.problem(
+            SettingsError(
+                "registry-username and registry-password: expected both or neither, got only "
+                + ("registry-username" if username else "registry-password"),
+                hint="DigitalOcean's registry takes the access token as both.",
+                inputs=("registry-username", "registry-password"),
+            )
         )
+    if reference is None:
+        return None
     # The daemon sends the credentials to the registry the image is pulled from, whatever `registry` says.
     if username and given and not same_registry(given, reference.registry):
-        raise SettingsError(
-            f"registry and image: registry is {given} but image is on {reference.registry}; "
-            f"the credentials would be sent to {reference.registry}",
-            hint=f"Credentials go to the image's own registry: name {given} in image "
-            f"({given}/team/app), or leave registry out.",
+        read.problem(
+            SettingsError(
+                f"registry and image: registry is {given} but image is on {reference.registry}; "
+                f"the credentials would be sent to {reference.registry}",
+                hint=f"Credentials go to the image's own registry: name {given} in image "
+                f"({given}/team/app), or leave registry out.",
+                inputs=("registry", "image"),
+            )
         )
     if token_filled and not is_digitalocean(reference.registry):
         username = password = None  # DO_ACCESS_TOKEN is DigitalOcean's; no other registry is offered it
@@ -390,7 +425,10 @@ MIN_LEASE_SECONDS = 3.0  # a heartbeat every third of it: one second between the
 def _lease(read: Reader) -> float:
     lease = read.seconds("lock-lease-seconds")
     if lease < MIN_LEASE_SECONDS:
-        raise input_error("lock-lease-seconds", f"a number of seconds, at least {MIN_LEASE_SECONDS:g}", str(lease))
+        read.problem(
+            input_error("lock-lease-seconds", f"a number of seconds, at least {MIN_LEASE_SECONDS:g}", f"{lease:g}")
+        )
+        return MIN_LEASE_SECONDS
     return lease
 
 
@@ -426,7 +464,8 @@ def _command(read: Reader) -> Command:
     suggestion = _command_line_suggestion(text)
     if suggestion:
         choices = " | ".join(command.value for command in Command)
-        raise input_error("command", f"one of {choices}", text, suggestion=suggestion)
+        read.problem(input_error("command", f"one of {choices}", text, suggestion=suggestion))
+        return Command.SHOWMIGRATIONS
     return read.choice("command", Command)
 
 
@@ -449,62 +488,102 @@ def debug_requested(environ: Mapping[str, str]) -> bool:
     return environ.get("RUNNER_DEBUG") == "1"
 
 
-def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:
-    """Raw inputs -> one validated ``Settings``; raises ``SettingsError`` naming the input."""
+def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None, *, flags: Collection[str] = ()) -> Settings:
+    """Raw inputs -> one validated ``Settings``; raises ``SettingsError`` naming each input at fault.
+
+    Every problem is found in one pass (``SettingsProblems`` holds them all), each naming where the
+    value came from; the error carries the ``resolved`` inputs too, for the log. ``flags``: the inputs
+    given as CLI flags.
+    """
     environ = os.environ if environ is None else environ
     _check_known(raw)
-    check_single_line(raw)  # the explicit inputs first: environment and config-file pick what is layered
-    layered = sources.layer(raw, environ)
-    check_single_line(layered.values)
-    read = Reader(layered.values, layered.secret_names)
+    problems = single_line_problems(raw)  # the explicit inputs first: environment and config-file pick the rest
+    if problems:
+        raise SettingsProblems.of(problems)
+    layered = sources.layer(raw, environ, flags)
+    resolved = resolved_inputs(layered)
+    read = Reader(layered.values, layered.origins, layered.looked)
+    for problem in single_line_problems(layered.values):
+        read.problem(problem)
+    try:
+        parsed = _settings(read, layered, environ)
+        read.raise_problems()
+    except SettingsError as exc:
+        exc.resolved = resolved
+        raise
+    assert parsed is not None  # noqa: S101 - no problem means every part was built
+    return dataclasses.replace(parsed, resolved=resolved)
+
+
+def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]) -> Settings | None:
     mode = read.choice("mode", Mode)
     command = _command(read)
     try:
         args = tuple(shlex.split(read.text("args")))
     except ValueError as exc:
-        raise input_error("args", f"shell-words ({exc})") from None
-    if command is Command.CUSTOM and not args:
-        raise SettingsError(
-            "args: required with command: custom, expected the command line to run, got nothing",
-            hint="For example: command: custom, args: alembic upgrade head",
+        read.problem(input_error("args", f"shell-words ({exc})"))
+        args = ()
+    if command is Command.CUSTOM and not args and not read.failed("args"):
+        read.problem(
+            SettingsError(
+                "args: required with command: custom, expected the command line to run, got nothing",
+                hint="For example: command: custom, args: alembic upgrade head",
+                inputs=("args",),
+            )
         )
     lock_text = read.text("lock").lower()
     lock = command in {Command.MIGRATE, Command.CUSTOM} if lock_text == "auto" else read.boolean("lock")
     ssh = _ssh_settings(read)
     db = _db_settings(read)
-    targets = tuple(
-        dataclasses.replace(db, host=target.host, port=target.port, name=target.name)
-        for target in parse_databases(read.text("databases"), db.host, db.port)
-    )
+    fan_out = read.attempt(lambda: parse_databases(read.text("databases"), db.host, db.port), ())
+    targets = tuple(dataclasses.replace(db, host=target.host, port=target.port, name=target.name) for target in fan_out)
     concurrency_text = read.text("concurrency")
+    concurrency = 1
     if not re.fullmatch(r"[0-9]{1,2}", concurrency_text) or not 1 <= int(concurrency_text) <= 32:  # noqa: PLR2004
-        raise input_error("concurrency", "a number of databases at once, 1-32", concurrency_text)
-    concurrency = int(concurrency_text)
+        read.problem(input_error("concurrency", "a number of databases at once, 1-32", concurrency_text))
+    else:
+        concurrency = int(concurrency_text)
     if targets and db.local_port:
-        raise SettingsError(
-            "local-port: expected 0 with databases (each database gets its own free port)",
-            hint="Leave local-port out when running on several databases.",
+        read.problem(
+            SettingsError(
+                "local-port: expected 0 with databases (each database gets its own free port)",
+                hint="Leave local-port out when running on several databases.",
+                inputs=("local-port", "databases"),
+            )
         )
     if targets and mode is Mode.COMPARE:
-        raise SettingsError(
-            "databases: expected one database with mode: compare",
-            hint="Compare one database at a time, with db-name.",
+        read.problem(
+            SettingsError(
+                "databases: expected one database with mode: compare",
+                hint="Compare one database at a time, with db-name.",
+                inputs=("databases", "mode"),
+            )
         )
     app = _app_settings(read, environ)
     pull = read.choice("pull", PullPolicy)  # validated in every mode: a typo must not wait for docker mode
-    image = (
-        _image_settings(read, pull, token_filled=layered.registry_token)
-        if mode.in_image and command is not Command.PROBE
-        else None
-    )
-    if mode is Mode.COMPARE and command is not Command.SHOWMIGRATIONS:
-        raise input_error("command", "showmigrations with mode: compare", command.value)
+    image = None
+    if mode.in_image and command is not Command.PROBE and not read.failed("mode", "command"):
+        image = _image_settings(read, pull, token_filled=layered.registry_token)
+    if mode is Mode.COMPARE and command is not Command.SHOWMIGRATIONS and not read.failed("command"):
+        read.problem(input_error("command", "showmigrations with mode: compare", command.value))
+    timeout = read.seconds("timeout")
+    debug = read.boolean("debug")
+    lock_timeout = read.seconds("lock-timeout")
+    lease = _lease(read)
+    break_stale = read.boolean("lock-break-stale")
+    if read.problems:
+        return None
     secret_values = [ssh.password, ssh.private_key, ssh.passphrase, db.password, app.secret_key]
     if image:
         secret_values.append(image.password)
     secret_values += layered.secret_values
     # The DSN holds the password; mask its fixed part (without the port, unknown yet) too.
     secrets = masks(secret_values, verbatim=[db.url(0).rsplit("@", 1)[0]])
+    ssh = dataclasses.replace(
+        ssh, sources=_sources(read, "ssh-host", "ssh-port", "ssh-user", "ssh-password", "ssh-private-key")
+    )
+    db = dataclasses.replace(db, sources=_sources(read, "db-host", "db-user", "db-password", "db-name"))
+    fan_out_sources = _sources(read, "db-host", "db-user", "db-password", "databases")
     return Settings(
         environment=read.text("environment"),
         mode=mode,
@@ -513,14 +592,51 @@ def parse(raw: Mapping[str, str], environ: Mapping[str, str] | None = None) -> S
         ssh=ssh,
         db=db,
         app=app,
-        targets=targets,
+        targets=tuple(dataclasses.replace(target, sources=fan_out_sources) for target in targets),
         concurrency=concurrency,
         image=image,
-        timeout=read.seconds("timeout"),
-        debug=read.boolean("debug") or debug_requested(environ),
+        timeout=timeout,
+        debug=debug or debug_requested(environ),
         lock=lock,
-        lock_timeout=read.seconds("lock-timeout"),
-        lock_lease=_lease(read),
-        lock_break_stale=read.boolean("lock-break-stale"),
+        lock_timeout=lock_timeout,
+        lock_lease=lease,
+        lock_break_stale=break_stale,
         secrets=secrets,
     )
+
+
+def _sources(read: Reader, *names: str) -> dict[str, str]:
+    """``{"ssh-password": "ssh-password from secret DEV_SSH_PASSWORD (secrets input)"}``, for runtime errors."""
+    origins = {name: read.origin(name) for name in names}
+    return {
+        name: f"{name} from {origin.describe(name)}" for name, origin in origins.items() if origin != DEFAULT_ORIGIN
+    }
+
+
+_SHOWN_CHARACTERS = 60
+
+
+def resolved_inputs(layered: sources.Layered) -> tuple[str, ...]:
+    """The log's "resolved inputs": each set input, where it came from, and its value unless a secret gave it."""
+    lines = []
+    if layered.prefix:
+        lines.append(
+            f"secret names read: {layered.prefix}_* (and plain names from the secrets input)"
+            if layered.json_source
+            else f"secret names read: {layered.prefix}_* environment variables"
+        )
+    for spec in INPUTS:
+        if spec.name not in layered.values:
+            continue
+        origin = layered.origins[spec.name]
+        value = layered.values[spec.name].strip()
+        shown = ""
+        if not (spec.secret or origin.hides_value):
+            first, *rest = value.splitlines() or [""]
+            shown = first if len(first) <= _SHOWN_CHARACTERS else first[: _SHOWN_CHARACTERS - 3] + "..."
+            shown = f"{shown!r} (+{len(rest)} more lines) " if rest else f"{shown!r} "
+        lines.append(f"{spec.name}: {shown}from {origin.describe(spec.name)}")
+    defaults = [spec.name for spec in INPUTS if spec.name not in layered.values and spec.default]
+    if defaults:
+        lines.append(f"defaults: {', '.join(defaults)}")
+    return tuple(lines)

@@ -219,8 +219,11 @@ def _translate(  # noqa: PLR0911
             anchor="host-key",
         )
     if isinstance(exc, asyncssh.PermissionDenied):
+        offered = [
+            name for name, value in (("ssh-private-key", ssh.private_key), ("ssh-password", ssh.password)) if value
+        ]
         return TunnelError(
-            f"authentication to {where} was refused",
+            f"authentication to {where} was refused" + ssh.source("ssh-user", *offered),
             hint="Check ssh-user and ssh-password / ssh-private-key; a key must be in the user's authorized_keys"
             + ("." if direct else " on every hop (jump hosts use the same credentials as the bastion)."),
             anchor="authentication",
@@ -228,7 +231,8 @@ def _translate(  # noqa: PLR0911
     if isinstance(exc, TimeoutError):
         what = f"{hop.host}:{hop.port}" if direct else f"{who} (connect-timeout covers the whole chain)"
         return TunnelError(
-            f"no SSH answer from {what} within {ssh.connect_timeout:g} s",
+            f"no SSH answer from {what} within {ssh.connect_timeout:g} s"
+            + (ssh.source("ssh-host", "ssh-port") if direct else ""),
             hint="Check ssh-host and ssh-port, and that the bastion's firewall admits this runner's address."
             if direct
             else "Check ssh-jump-hosts, ssh-host and ssh-port, and that each hop admits the previous one.",
@@ -242,14 +246,15 @@ def _translate(  # noqa: PLR0911
         )
     if isinstance(exc, ConnectionRefusedError):
         return TunnelError(
-            f"{hop.host}:{hop.port} refused the connection" + ("" if direct else f" ({who})"),
+            f"{hop.host}:{hop.port} refused the connection"
+            + (ssh.source("ssh-host", "ssh-port") if direct else f" ({who})"),
             hint="Check ssh-port, and that sshd is running on the bastion."
             if direct
             else "Check the port in ssh-jump-hosts / ssh-port, and that sshd is running there.",
         )
     if isinstance(exc, socket.gaierror):
         return TunnelError(
-            f"cannot resolve {hop.host!r} ({exc.strerror})" + ("" if direct else f" ({who})"),
+            f"cannot resolve {hop.host!r} ({exc.strerror})" + (ssh.source("ssh-host") if direct else f" ({who})"),
             hint="Check ssh-host." if direct else "Check ssh-jump-hosts and ssh-host.",
         )
     if isinstance(exc, asyncssh.Error):

@@ -243,5 +243,5 @@ def test_matrix_under_act(matrix_run: MatrixRun, lab: dict[str, Any], env_dbs: d
     run.expect(results.get("assert") == "success", f"{NEGATIVE}: the workflow's assertion step: {results}")
     run.expect(outputs.get("result") == "failure", f"{NEGATIVE}: outputs {outputs}")
     errors = [str(ev.get("arg", "")) for ev in qa.events if ev.get("command") == "error"]
-    expected = f"secret {NEGATIVE.upper()}_DB_HOST is not set"
+    expected = f"(not set: input db-host, secret {NEGATIVE.upper()}_DB_HOST or DB_HOST)"
     run.expect(any(expected in error for error in errors), f"{NEGATIVE}: no annotation says {expected!r}: {errors}")

@@ -17,11 +17,11 @@ def unreachable(base_inputs) -> dict[str, str]:
     return {**base_inputs, "ssh-host": UNREACHABLE, "connect-timeout": "30", "command": "migrate"}
 
 
-def assert_rejected(run, expected: str) -> None:
+def assert_rejected(run, expected: str, problems: int = 1) -> None:
     assert run.returncode == 1, run.explain()
     errors = [line for line in run.annotations if line.startswith("::error")]
-    assert len(errors) == 1, run.explain()
-    assert errors[0].startswith("::error title=bastion-migrate%3A settings failed::"), run.explain()
+    assert len(errors) == problems, run.explain()  # every problem of the run, one annotation each
+    assert all(error.startswith("::error title=bastion-migrate%3A settings failed::") for error in errors)
     assert expected in errors[0], run.explain()
     assert run.seconds < 5, "rejected at once, before any connection"
     assert "tunnel-port" not in run.outputs
@@ -94,5 +94,7 @@ def test_missing_prefixed_secret_is_named(action, unreachable) -> None:
     team = {"LAB_HOST": UNREACHABLE, "LAB_USER": "team-user", "LAB_SSH_PASSWORD": "team-pw", "LAB_DB_USER": "dbu"}
     inputs = {k: v for k, v in unreachable.items() if not k.startswith(("db-host", "db-name", "db-password"))}
     run = action({**inputs, "secrets": json.dumps(team), "db-user": "", "ssh-host": "", "ssh-user": ""})
-    assert_rejected(run, "(secret LAB_DB_HOST is not set)")
-    assert "team-pw" not in run.annotations[0]
+    assert_rejected(run, "(not set: input db-host, secret LAB_DB_HOST or DB_HOST)", problems=3)
+    assert "db-name: required" in run.annotations[1]
+    assert "db-password: required" in run.annotations[2]
+    assert all("team-pw" not in annotation for annotation in run.annotations)

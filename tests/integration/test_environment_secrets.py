@@ -29,3 +29,30 @@ def test_plain_environment_secrets_migrate_the_lab_database(action, base_inputs,
     assert run.returncode == 0, run.explain()
     assert sorted(json.loads(run.outputs["applied"])) == sorted(SAMPLE_MIGRATIONS)
     assert applied_rows(lab, fresh_db) == len(SAMPLE_MIGRATIONS)
+
+
+def test_a_refused_ssh_password_names_the_user_and_the_secret_it_came_from(action, base_inputs, lab) -> None:
+    inputs = {name: value for name, value in base_inputs.items() if name not in {"ssh-password", "ssh-user"}}
+    secrets = {"LAB_USER": lab["ssh_password_user"], "LAB_SSH_PASSWORD": "not-the-Password-1"}
+    run = action({**inputs, "secrets": json.dumps(secrets)})
+    assert run.returncode == 1
+    (error,) = run.annotations
+    assert error.startswith(
+        "::error title=bastion-migrate%3A tunnel failed::authentication to "
+        f"***@{lab['bastion_host']}:{lab['ssh_port']} was refused "  # the user came from a secret: masked
+        "(ssh-user from secret LAB_USER (secrets input); ssh-password from secret LAB_SSH_PASSWORD (secrets input))%0A"
+    )
+    assert "ssh-password: from secret LAB_SSH_PASSWORD (secrets input)" in run.stdout
+
+
+def test_a_refused_database_password_names_the_variable_it_came_from(action, base_inputs, lab) -> None:
+    inputs = {name: value for name, value in base_inputs.items() if name != "db-password"}
+    run = action(inputs, extra_env={"LAB_DB_PASSWORD": "not-the-Password-2"})
+    assert run.returncode == 1
+    (error,) = run.annotations
+    assert error.startswith(
+        f"::error title=bastion-migrate%3A probe failed::the database refused user {lab['db_user']!r}: "
+    )
+    assert (
+        "(db-user from the step's input db-user; db-password from environment variable LAB_DB_PASSWORD)%0AHint:"
+    ) in error

@@ -83,7 +83,11 @@ def test_wrong_ssh_password_fails_in_the_tunnel_stage(action, base_inputs) -> No
     run = action({**base_inputs, "ssh-password": "definitely-wrong-password"})
     assert_failed_in(run, "tunnel")
     user, host, port = base_inputs["ssh-user"], base_inputs["ssh-host"], base_inputs["ssh-port"]
-    assert f"::authentication to {user}@{host}:{port} was refused%0AHint: Check ssh-user" in run.annotations[0]
+    assert (
+        f"::authentication to {user}@{host}:{port} was refused "
+        "(ssh-user from the step's input ssh-user; ssh-password from the step's input ssh-password)"
+        "%0AHint: Check ssh-user"
+    ) in run.annotations[0]
 
 
 def test_insecure_skip_warns(action, base_inputs) -> None:

@@ -99,6 +99,8 @@ def test_a_migration_named_with_a_newline_and_a_command_forges_nothing(action, b
     run = action({**base_inputs, "command": "migrate", "working-directory": str(project)})
     assert run.returncode == 0, run.explain()
     assert [line for line in runner_commands(run.stdout) if not line.startswith("::add-mask::")] == [
+        "::group::resolved inputs",
+        "::endgroup::",
         f"::group::{lab['runner_python']} manage.py migrate --noinput --fake-initial",
         "::endgroup::",
     ]

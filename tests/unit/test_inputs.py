@@ -121,7 +121,9 @@ def test_a_control_character_from_the_secrets_json_names_the_input_not_the_value
     }
     with pytest.raises(SettingsError) as info:
         settings.parse(raw, environ={"GITHUB_WORKSPACE": "/nonexistent"})
-    assert info.value.message.startswith("ssh-host: expected a single line without control characters, got a newline")
+    first = info.value.problems[0].message
+    assert first.startswith("ssh-host: expected a single line without control characters, got a newline")
+    assert first.endswith("(from secret UAT_HOST (secrets input))")
     assert "::error::" not in str(info.value)
 
 

@@ -104,7 +104,7 @@ def test_bad_values_are_named(name: str, value: str, expected: str) -> None:
 def test_a_near_miss_of_a_choice_is_answered(name: str, value: str, suggestion: str) -> None:
     message = error_of(**{name: value}).message
     assert message.startswith(f"{name}: expected one of ")
-    assert message.endswith(f", got {value.lower()!r}; {suggestion}")
+    assert message.endswith(f", got {value.lower()!r}; {suggestion} (from the step's input {name})")
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_a_near_miss_of_a_choice_is_answered(name: str, value: str, suggestion: 
     ],
 )
 def test_nothing_is_suggested_for_a_far_miss(name: str, value: str) -> None:
-    assert error_of(**{name: value}).message.endswith(f", got {value!r}")
+    assert error_of(**{name: value}).message.endswith(f", got {value!r} (from the step's input {name})")
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,7 @@ def test_a_command_line_in_command_points_to_the_input_that_runs_it(value: str, 
     assert message.startswith(
         f"command: expected one of probe | showmigrations | plan | check | migrate | custom, got {value!r}"
     )
-    assert message.endswith(f"; it looks like a command line: {use}")
+    assert message.endswith(f"; it looks like a command line: {use} (from the step's input command)")
 
 
 def test_docker_mode_needs_an_image() -> None:
@@ -214,6 +214,7 @@ def test_registry_other_than_the_image_host_is_refused_with_credentials(image: s
     error = error_of(mode="docker", image=image, registry=registry, **credentials)
     assert error.message == (
         f"registry and image: registry is {registry} but image is on {host}; the credentials would be sent to {host}"
+        " (from the step's input registry, the step's input image)"
     )
     assert "pw-secret" not in str(error)
     without = parse(mode="docker", image=image, registry=registry)
@@ -356,4 +357,5 @@ def test_server_side_bounds_and_stale_lock_defaults_and_values() -> None:
 @pytest.mark.parametrize("value", ["-1", "abc", "nan", "inf", "2147484"])
 def test_server_side_bounds_name_the_input(name: str, value: str) -> None:
     expected = f"{name}: expected a number of seconds up to 2147483, or 0 for off, got {value!r}"
+    expected += f" (from the step's input {name})"
     assert error_of(**{name: value}).message == expected

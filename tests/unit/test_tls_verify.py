@@ -151,6 +151,7 @@ def test_a_ca_with_a_mode_that_ignores_it_is_refused(ca: CA, sslmode: str) -> No
         make_settings(db_sslmode=sslmode, db_sslrootcert=ca.cert)
     assert caught.value.message == (
         f"db-sslmode: expected verify-ca or verify-full with db-sslrootcert, got {sslmode}: the CA would not be checked"
+        " (from the step's input db-sslmode, the step's input db-sslrootcert)"
     )
 
 

@@ -69,7 +69,10 @@ def test_direct_connection_keeps_the_bastion_messages() -> None:
     assert error.message.startswith("host key of 10.0.4.2:22 is not trusted")
     assert f"the bastion presented {PRESENTED}" in error.message
     denied = tunnel._translate(asyncssh.PermissionDenied("x"), ssh, None)
-    assert denied.message == "authentication to deploy@10.0.4.2:22 was refused"
+    assert denied.message == (
+        "authentication to deploy@10.0.4.2:22 was refused "
+        "(ssh-user from the step's input ssh-user; ssh-password from the step's input ssh-password)"
+    )
 
 
 @pytest.mark.parametrize(
