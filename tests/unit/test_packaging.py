@@ -17,3 +17,10 @@ def test_the_packages_dependencies_are_the_pins_of_requirements_in() -> None:
     ]
     assert project["dependencies"] == pins
     assert project["scripts"] == {"bastion-migrate": "bastion_action.cli:run_and_exit"}
+
+
+def test_one_author_in_the_licence_the_package_and_the_action() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    [author] = [entry["name"] for entry in project["authors"]]
+    assert f"Copyright (c) 2026 {author}\n" in (ROOT / "LICENSE").read_text()
+    assert f"\nauthor: {author}\n" in (ROOT / "action.yml").read_text()
