@@ -40,7 +40,9 @@ runs:
     - name: Prepare the action's Python environment (cached)
       id: setup
       shell: bash
-      run: bash "$GITHUB_ACTION_PATH/scripts/setup-venv.sh"
+      env:
+        INPUT_MODE: ${{ inputs.mode }}
+      run: bash "$GITHUB_ACTION_PATH/scripts/setup-venv.sh" "$INPUT_MODE"
 
     - name: Run bastion-migrate
       id: run
