@@ -48,8 +48,12 @@ test: venv lint lab
 demo: venv lab
 	$(BIN)/python scripts/demo.py
 
+# requirements-lightweight.txt (lightweight mode's set) is held to requirements.txt's pins with -c:
+# a subset of it, same versions and hashes.
 lock: venv
 	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 requirements.in -o requirements.txt
+	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 requirements-lightweight.in -c requirements.txt \
+		-o requirements-lightweight.txt
 	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 requirements-dev.in -o requirements-dev.txt
 	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 scripts/uv-requirements.in -o scripts/uv-requirements.txt
 

@@ -2,11 +2,20 @@
 # Builds the action's virtualenv once per (lock file, Python) and reuses it.
 # Matrix jobs on one self-hosted machine share the tool cache, so the build
 # happens under an exclusive lock and is marked complete only when it is.
+#
+# Usage: setup-venv.sh [MODE]. MODE is the action's `mode` input: lightweight installs
+# requirements-lightweight.txt (no Docker client); anything else, or none (the config file
+# may still choose docker), installs the whole requirements.txt.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-lock="$root/requirements.txt"
 uv_lock="$root/scripts/uv-requirements.txt"
+mode="${1:-}"
+if [[ "${mode,,}" =~ ^[[:space:]]*lightweight[[:space:]]*$ ]]; then
+  set_name=lightweight lock="$root/requirements-lightweight.txt"
+else
+  set_name=full lock="$root/requirements.txt"
+fi
 base_python="${BASTION_MIGRATE_BASE_PYTHON:-python3}"
 started_ns=$(date +%s%N)
 
@@ -31,15 +40,26 @@ index_help="if the package index $index cannot be reached from this runner, set 
 # An unreachable index fails in seconds, not after uv's and pip's minutes of retries.
 export UV_HTTP_TIMEOUT="${UV_HTTP_TIMEOUT:-5}" UV_HTTP_RETRIES="${UV_HTTP_RETRIES:-1}"
 
-key="$( (cat "$lock" "$uv_lock"; echo "$py_real $py_version") | sha256sum | cut -c1-16)"
+# One virtualenv per set, lock file and interpreter: venv-<set>-<hash>.
+key_of() { (cat "$1" "$uv_lock"; echo "$py_real $py_version") | sha256sum | cut -c1-16; }
 cache="${RUNNER_TOOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}}/bastion-migrate"
-venv="$cache/venv-$key"
+name="$set_name-$(key_of "$lock")"
+if [ "$set_name" = lightweight ]; then
+  # The full set holds every lightweight pin (tests/unit/test_packaging.py): one built already serves.
+  full="full-$(key_of "$root/requirements.txt")"
+  if [ -f "$cache/venv-$full/.complete" ]; then name="$full"; fi
+fi
+venv="$cache/venv-$name"
 
 publish() {
   if [ -n "${GITHUB_OUTPUT:-}" ]; then
     echo "python=$venv/bin/python" >>"$GITHUB_OUTPUT"
   else
     echo "$venv/bin/python"
+  fi
+  # For the job's later steps: which virtualenv this was, the key of an actions/cache recipe (docs/usage.md).
+  if [ -n "${GITHUB_ENV:-}" ]; then
+    echo "BASTION_MIGRATE_VENV_KEY=$name" >>"$GITHUB_ENV"
   fi
 }
 
@@ -58,7 +78,7 @@ if [ -f "$venv/.complete" ]; then
 fi
 
 mkdir -p "$cache"
-exec 9>"$cache/.lock-$key"
+exec 9>"$cache/.lock-$name"
 flock -w 600 9 || fail "timed out waiting for another job to build $venv"
 
 if [ ! -f "$venv/.complete" ]; then
@@ -81,7 +101,7 @@ if [ ! -f "$venv/.complete" ]; then
   # Bytecode is compiled now: a venv in the tool cache may not be writable at run time, and
   # compiling on every run costs more than the whole SSH connection.
   "$uv" pip install --quiet --require-hashes --compile-bytecode --python "$venv/bin/python" -r "$lock" >&2 \
-    || fail "could not install the action's dependencies from requirements.txt: $index_help"
+    || fail "could not install the action's dependencies from ${lock##*/}: $index_help"
   touch "$venv/.complete"
   compile_action
   echo "bastion-migrate: built $venv in $(( ($(date +%s%N) - started_ns) / 1000000 )) ms" >&2
