@@ -172,6 +172,11 @@ def test_environment_job_with_plain_secret_names(
     run.expect(outputs.get("result") == "success", f"migrate outputs: {outputs}")
     run.expect(outputs.get("applied-count") == str(len(SAMPLE)), f"migrate outputs: {outputs}")
 
+    # The log's resolved inputs name the plain secrets that filled the inputs (names, never values).
+    for name, secret in (("ssh-host", "HOST"), ("db-password", "DB_PASSWORD"), ("db-name", "DB_NAME")):
+        line = f"{name}: from environment secret {secret} (secrets input)"
+        run.expect(line in run.raw, f"the log does not say {line!r}")
+
     # The database named by the plain DB_NAME secret holds the sample's migrations.
     in_db = recorded(lab, staging_db)
     run.expect(sorted(in_db) == SAMPLE, f"{staging_db}.django_migrations holds {in_db}")
