@@ -8,15 +8,18 @@ import time
 from collections.abc import Callable, Iterator
 
 from bastion_action.errors import Stage
-from bastion_action.report import RunResult
+from bastion_action.report import RunResult, Span
 
 
 class Clock:
     """Stage timings into ``run.timings``; ``stage`` names what a timeout or a cancel interrupted."""
 
-    def __init__(self, run: RunResult, report: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, run: RunResult, report: Callable[[str], None] | None = None, origin: float | None = None
+    ) -> None:
         self.run = run
         self._report = report  # debug lines: each stage's start and end
+        self.origin = time.perf_counter() if origin is None else origin  # the run's start: spans count from it
         self.active: list[Stage] = []
         self.last = Stage.SETTINGS
         self.interrupted: Stage | None = None  # the first stage a timeout or cancel unwound
@@ -44,8 +47,10 @@ class Clock:
             raise
         finally:
             self.active.remove(stage)
-            took = time.perf_counter() - started
+            ended = time.perf_counter()
+            took = ended - started
             self.run.timings[stage.value] = self.run.timings.get(stage.value, 0.0) + took
+            self.run.spans.append(Span(stage.value, started - self.origin, ended - self.origin))
             if self._report is not None:
                 self._report(f"stage {stage.value}: {how} after {took:.3f} s")
 

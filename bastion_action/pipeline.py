@@ -162,7 +162,7 @@ class _Run:
                 continue
             result = RunResult(run.environment, run.mode, run.command, database=db.name)
             report = _labelled(self.console, db.name)
-            targets.append(Target(db, sock, result, Clock(result, report), label=db.name))
+            targets.append(Target(db, sock, result, Clock(result, report, self.clock.origin), label=db.name))
         return targets
 
     async def runners(

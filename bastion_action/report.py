@@ -7,6 +7,7 @@ import enum
 import html
 import json
 import re
+from collections.abc import Mapping
 
 from bastion_action.errors import ActionError
 from bastion_action.migrations import Migration, State, as_json
@@ -69,6 +70,69 @@ class ServerInfo:
         return "on, CA verified (name not checked)" if self.ca_verified else "on, not verified"
 
 
+@dataclasses.dataclass(frozen=True)
+class Span:
+    """One stage as it ran: seconds from the run's start (stages overlap: the pull runs beside the tunnel)."""
+
+    stage: str
+    start: float
+    end: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """Who ran what where, from the runner's ``GITHUB_*`` variables; empty off GitHub."""
+
+    version: str = ""  # the action's
+    server_url: str = ""
+    repository: str = ""
+    sha: str = ""
+    ref: str = ""
+    actor: str = ""
+    run_id: str = ""
+    run_attempt: str = ""
+    workflow: str = ""
+    action_repository: str = ""  # the action's own repository and ref: links to its docs at the version that ran
+    action_ref: str = ""
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], version: str) -> RunContext:
+        def get(name: str) -> str:
+            return environ.get(name, "").strip()
+
+        return cls(
+            version=version,
+            server_url=get("GITHUB_SERVER_URL").rstrip("/")
+            or ("https://github.com" if get("GITHUB_REPOSITORY") else ""),
+            repository=get("GITHUB_REPOSITORY"),
+            sha=get("GITHUB_SHA"),
+            ref=get("GITHUB_REF_NAME") or get("GITHUB_REF"),
+            actor=get("GITHUB_TRIGGERING_ACTOR") or get("GITHUB_ACTOR"),
+            run_id=get("GITHUB_RUN_ID"),
+            run_attempt=get("GITHUB_RUN_ATTEMPT"),
+            workflow=get("GITHUB_WORKFLOW"),
+            action_repository=get("BASTION_MIGRATE_ACTION_REPOSITORY") or get("GITHUB_ACTION_REPOSITORY"),
+            action_ref=get("BASTION_MIGRATE_ACTION_REF") or get("GITHUB_ACTION_REF"),
+        )
+
+    @property
+    def commit_url(self) -> str:
+        return f"{self.server_url}/{self.repository}/commit/{self.sha}" if self.repository and self.sha else ""
+
+    @property
+    def run_url(self) -> str:
+        if not (self.repository and self.run_id):
+            return ""
+        attempt = f"/attempts/{self.run_attempt}" if self.run_attempt else ""
+        return f"{self.server_url}/{self.repository}/actions/runs/{self.run_id}{attempt}"
+
+    def docs_url(self, path: str) -> str:
+        """``docs/troubleshooting.md#lock`` in the action's own repository at the ref that ran; '' when unknown."""
+        if not (self.action_repository and self.action_ref and self.server_url):
+            return ""
+        return f"{self.server_url}/{self.action_repository}/blob/{self.action_ref}/{path}"
+
+
 @dataclasses.dataclass
 class RunResult:
     """What the run got to; filled in stage by stage, reported even on failure."""
@@ -98,6 +162,12 @@ class RunResult:
     drift: list[str] | None = None  # compare mode: how the runner's and the image's views differ
     database: str | None = None  # fan-out: the database this result is for
     targets: list[RunResult] | None = None  # fan-out: one result per database
+    context: RunContext = dataclasses.field(default_factory=RunContext)
+    spans: list[Span] = dataclasses.field(default_factory=list)  # the stages on the run's time line
+    # Per migration (``app.name``): seconds Django took to apply or unapply it (its own timing, verbosity 2)
+    migration_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    planned: dict[str, list[str]] | None = None  # plan/check: each pending migration's operations, in order
+    sql: dict[str, str] | None = None  # show-sql: each pending or applied migration's SQL (sqlmigrate)
 
     @property
     def state_unknown(self) -> bool:
