@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from bastion_action import NAME, __version__, pipeline, report, settings, sources
+from bastion_action import NAME, __version__, pipeline, report, settings, sources, summary
 from bastion_action.errors import InternalError, SettingsError, Stage
 from bastion_action.gha import Console
 from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, close_matches, raw_from_environ
@@ -104,14 +108,42 @@ async def _execute(parsed: settings.Settings, console: Console) -> tuple[RunResu
     return run, (received[0] if received else None)
 
 
-def _finish(console: Console, run: RunResult) -> int:
+def _redacted(value: object, console: Console) -> object:
+    """The report with every text redacted (masking the JSON text could miss a secret JSON escapes)."""
+    if isinstance(value, str):
+        return console.redact(value)
+    if isinstance(value, dict):
+        return {console.redact(str(key)): _redacted(item, console) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, console) for item in value]
+    return value
+
+
+def _write_report(console: Console, run: RunResult, environ: Mapping[str, str]) -> str:
+    """The JSON report, in the runner's temporary directory (readable by this user only); its path."""
+    directory = Path(environ.get("RUNNER_TEMP") or tempfile.gettempdir())
+    path = directory / f"{NAME}-report-{uuid.uuid4().hex[:12]}.json"
+    text = json.dumps(_redacted(report.document(run), console), indent=2, ensure_ascii=False)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text + "\n")
+    return str(path)
+
+
+def _finish(console: Console, run: RunResult, environ: Mapping[str, str]) -> int:
+    run.context = report.RunContext.from_environ(environ, __version__)
     if run.error is not None:
         console.failure(run.error)
     elif run.cancelled:
         console.line("cancelled: the run was stopped and its resources released")
     try:
-        console.set_outputs(report.outputs(run))
-        console.summary(report.summary(run))
+        outputs = report.outputs(run)
+        try:
+            outputs["report-path"] = _write_report(console, run, environ)
+        except OSError as exc:
+            console.warning(f"the JSON report could not be written: {exc}")
+        console.set_outputs(outputs)
+        console.summary(summary.markdown(run))
     except Exception as exc:  # noqa: BLE001 - a bug in reporting must not cost the result outputs
         if run.error is None:
             console.failure(InternalError.of(exc, Stage.INTERNAL))
@@ -187,7 +219,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             command=raw.get("command", "").strip() or INPUTS_BY_NAME["command"].default,
             error=error,
         )
-        return _finish(console, run)
+        return _finish(console, run, environ)
     console.mask(parsed.secrets)
     console.line(f"{NAME} {__version__}")  # after every mask: nothing else may print before them
     _resolved(console, parsed.resolved)
@@ -197,4 +229,4 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     run, signum = asyncio.run(_execute(parsed, console))
     if signum is not None and run.result is not Result.SUCCESS:
         run.exit_code = EXIT_SIGNAL_BASE + signum  # the exit-code output and the status agree
-    return _finish(console, run)
+    return _finish(console, run, environ)

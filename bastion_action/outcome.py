@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 from bastion_action import migrations
@@ -120,6 +121,25 @@ _BOUNDS_FIRED = (
 )
 
 
+# The line a Python program dies with: ``django.core.exceptions.ImproperlyConfigured: ...``, ``CommandError: ...``.
+_CAUSE = re.compile(
+    r"^((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Configured|DoesNotExist|Exit|Interrupt)): \S.*$"
+)
+CAUSE_CHARACTERS = 300
+
+
+def cause(output: str) -> str:
+    """The last exception line the command printed (what a traceback ends with), cut to one short line; else ''."""
+    found = ""
+    for line in output.splitlines():
+        match = _CAUSE.match(line.strip())
+        if match:
+            found = line.strip()
+    if len(found) > CAUSE_CHARACTERS:
+        found = found[: CAUSE_CHARACTERS - 1] + "…"
+    return found
+
+
 def verdict(
     command: Command, argv: Sequence[str], exit_code: int, outcome: Outcome | None, output: str = ""
 ) -> CommandError | None:
@@ -130,10 +150,11 @@ def verdict(
     if exit_code != 0:
         failing = outcome.failed_migration if outcome else None
         fired = next(((words, hint) for words, hint in _BOUNDS_FIRED if words in output), None)
+        died_of = cause(output)
         return CommandError(
             f"`{' '.join(argv)}` exited with code {exit_code}"
             + (f" while applying {failing}" if failing else "")
-            + (f": {fired[0]}" if fired else ""),
+            + (f": {fired[0]}" if fired else f": {died_of}" if died_of else ""),
             hint=fired[1] if fired else "The command's last lines of output are in the step summary.",
             anchor="server-side-timeouts" if fired else "",
             exit_code=exit_code,

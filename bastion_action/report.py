@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import html
 import json
-import re
 from collections.abc import Mapping
 
 from bastion_action.errors import ActionError
-from bastion_action.migrations import Migration, State, as_json
+from bastion_action.migrations import Migration, as_json
 from bastion_action.settings import Command
 
 TAIL_LINES = 30
@@ -34,13 +32,16 @@ OUTPUTS: dict[str, str] = {
     "lock-wait-seconds": "Seconds spent waiting for the migration lock.",
     "databases": "Fan-out: JSON of each database's outputs, by database name.",
     "duration-seconds": "Wall time of the run in decimal seconds.",
+    "report-path": "Path of the run's JSON report (schema: docs/report.schema.json), for later steps; "
+    "in $RUNNER_TEMP, so a later job needs actions/upload-artifact.",
 }
+
+REPORT_SCHEMA_VERSION = 1  # docs/report.schema.json; a version only grows (new keys), a change of meaning is a new one
 
 
 _DJANGO_COMMANDS = frozenset(command.value for command in Command if command.django)
 # Every list output with its count; a list that is None (not known) gives neither.
 _LISTS = ("applied", "faked", "unapplied", "pending")
-_LISTS_SHOWN = ("applied", "pending", "faked", "unapplied")  # fan-out table columns
 
 
 class Result(enum.StrEnum):
@@ -184,7 +185,7 @@ class RunResult:
         return 1
 
 
-def _lists(run: RunResult) -> list[tuple[str, list[str]]]:
+def known_lists(run: RunResult) -> list[tuple[str, list[str]]]:
     """The known lists of migrations, by output name; an unknown one is left out, so its count reads empty."""
     return [(name, items) for name in _LISTS if (items := getattr(run, name)) is not None]
 
@@ -194,7 +195,7 @@ def _target_outputs(run: RunResult) -> dict[str, object]:
     values["duration-seconds"] = round(run.duration, 3)
     if run.server is not None:
         values["server-version"] = run.server.version
-    for name, items in _lists(run):
+    for name, items in known_lists(run):
         values |= {f"{name}-count": len(items), name: items}
     if run.lock_wait is not None:
         values["lock-wait-seconds"] = round(run.lock_wait, 3)
@@ -235,7 +236,7 @@ def outputs(run: RunResult) -> dict[str, str]:
         values["server-version"] = run.server.version
     if run.image_digest:
         values["image-digest"] = run.image_digest
-    for name, items in _lists(run):
+    for name, items in known_lists(run):
         values[f"{name}-count"] = str(len(items))
         values[name] = json.dumps(items)
     if run.migrations is not None:
@@ -245,171 +246,94 @@ def outputs(run: RunResult) -> dict[str, str]:
     return values
 
 
-# Markdown that untrusted text could use to end a table cell, open a code span or a link, or escape our own.
-_INLINE_SPECIALS = re.compile(r"([\\`|\[\]])")
-_NOT_IN_CODE = re.compile(r"[<>&|]")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.splitlines())  # every line break Python knows, not just \n
-
-
-def _text(text: str) -> str:
-    """Untrusted text as inline Markdown that renders as itself: no HTML, no cell break, no code span, no link."""
-    return _INLINE_SPECIALS.sub(r"\\\1", html.escape(_one_line(text), quote=False))
-
-
-def _code(text: str) -> str:
-    """Untrusted text as a code span, fenced longer than any backtick run in it; as escaped text if it cannot be one.
-
-    Inside a code span nothing can be escaped, so text with HTML or table syntax is not put there.
-    """
-    if not text or _NOT_IN_CODE.search(text) or _one_line(text) != text:
-        return _text(text)
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text[0] in "` " or text[-1] in "` " else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def _clipped(line: str) -> str:
-    if len(line) <= TAIL_LINE_CHARS:
-        return line
-    return f"{line[:TAIL_LINE_CHARS]}… [{len(line) - TAIL_LINE_CHARS:,} more characters]"
-
-
-def _pre(lines: list[str]) -> list[str]:
-    # An HTML <pre> block ends only at </pre>, which escaped text cannot contain: blank lines, fences
-    # and </details> in the output stay inside it.
-    return ["<pre>", *(html.escape(_one_line(_clipped(line)), quote=False) for line in lines), "</pre>"]
-
-
-def _targets_table(run: RunResult) -> list[str]:
-    if run.targets is None:
-        return []
-    icons = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}
-    lines = [
-        "",
-        f"**{len(run.targets)} databases** over one SSH connection:",
-        "",
-        "| database | result | applied | pending | faked | unapplied | lock wait | seconds | failure |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for target in run.targets:
-        known = dict(_lists(target))
-        counts = " | ".join(str(len(known[name])) if name in known else "unknown" for name in _LISTS_SHOWN)
-        wait = "" if target.lock_wait is None else f"{target.lock_wait:.2f}"
-        failure = ""
-        if target.error is not None:
-            failure = f"{target.error.stage.value}: {_text(target.error.message)}"
-        lines.append(
-            f"| {_code(target.database or '')} | {icons[target.result]} {target.result.value} | {counts} "
-            f"| {wait} | {target.duration:.2f} | {failure} |"
-        )
-    return lines
-
-
-def _changes(run: RunResult) -> str:
-    """One line: what this run changed and what is left, each count only where it is known."""
-    if run.applied is None:
-        return (
-            "**Migration state: unknown.** No migration state could be read (the command may not have "
-            "started, or printed none), so no counts are reported."
-        )
-    changed = [("applied", run.applied), ("faked", run.faked), ("unapplied", run.unapplied)]
-    told = [
-        f"{len(items)} {word} by this run"
-        for word, items in changed
-        if items or (word == "applied" and items is not None)
-    ]
-    pending = "pending unknown (the state after the run could not be read)"
-    if run.pending is not None:
-        pending = f"{len(run.pending)} pending"
-    return f"**Migrations:** {', '.join(told)}, {pending}."
-
-
-def _migrations_table(run: RunResult) -> list[str]:
-    if run.migrations is None:
-        return ["", _changes(run)] if run.state_unknown else []
-    lines = ["", _changes(run), "", "| app | migration | state |"]
-    lines.append("|---|---|---|")
-    marks = {
-        State.APPLIED: "✓ applied",
-        State.PENDING: "… pending",
-        State.PARTIAL: "◐ replaced migrations applied, squash not recorded yet",
+def _error_document(error: ActionError | None) -> dict[str, object] | None:
+    if error is None:
+        return None
+    return {
+        "stage": error.stage.value,
+        "message": error.message,
+        "hint": error.hint,
+        "docs": error.docs,
+        "problems": [{"message": problem.message, "hint": problem.hint} for problem in error.problems]
+        if len(error.problems) > 1
+        else [],
     }
-    by_this_run = dict.fromkeys(run.applied or [], "✅ applied by this run")
-    by_this_run |= dict.fromkeys(run.faked or [], "◌ faked by this run (recorded, not run)")
-    by_this_run |= dict.fromkeys(run.unapplied or [], "↩ unapplied by this run")
-    for app, migrations in run.migrations.items():
-        if not migrations:
-            lines.append(f"| {_text(app)} | (no migrations) | |")
-        for migration in migrations:
-            state = by_this_run.get(migration.key, marks[migration.state])
-            lines.append(f"| {_text(app)} | {_code(migration.name)} | {state} |")
-    return lines
 
 
-def _facts(run: RunResult) -> list[str]:
-    env = run.environment or "(no environment)"
-    rows = [("environment", _text(env)), ("mode", _text(run.mode)), ("command", _code(run.command))]
-    if run.server:
-        server = run.server
-        before = "no django_migrations table" if server.applied_migrations is None else str(server.applied_migrations)
-        described = (
-            f"PostgreSQL {_text(server.version)}, database {_code(server.database)} as "
-            f"{_code(server.user)}, SSL {_text(server.ssl_state)}, {server.rtt_ms:.1f} ms round trip"
-        )
-        rows += [("server", described), ("recorded migrations at probe", before)]
-    if run.tunnel_port is not None:
-        rows.append(("tunnel", f"127.0.0.1:{run.tunnel_port}"))
-    if run.image:
-        rows += [("image", _code(run.image)), ("image digest", _code(run.image_digest or "unknown"))]
-    if run.lock_wait is not None:
-        rows.append(("migration lock", f"held after {run.lock_wait:.2f} s"))
-    if run.exit_code is not None:
-        rows.append(("command exit code", str(run.exit_code)))
-    if run.failed_migration:
-        rows.append(("failed on", _code(run.failed_migration)))
-    rows.append(("duration", f"{run.duration:.2f} s"))
-    return ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
+def _database_document(run: RunResult) -> dict[str, object]:
+    """What one database's run got to: the report's body, and each fan-out entry's."""
+    server = run.server
+    lists = dict(known_lists(run))
+    return {
+        "result": run.result.value,
+        "exit_code": run.process_exit_code,
+        "duration_seconds": round(run.duration, 3),
+        "error": _error_document(run.error),
+        "server": None
+        if server is None
+        else {
+            "version": server.version,
+            "database": server.database,
+            "user": server.user,
+            "tls": server.ssl,
+            "tls_verified": server.ca_verified,
+            "verified_as": server.verified_as,
+            "round_trip_ms": round(server.rtt_ms, 2),
+            "recorded_migrations_at_probe": server.applied_migrations,
+        },
+        "lock_wait_seconds": None if run.lock_wait is None else round(run.lock_wait, 3),
+        "command_exit_code": run.exit_code,
+        "failed_migration": run.failed_migration,
+        "migrations": {
+            "applied": lists.get("applied"),
+            "faked": lists.get("faked"),
+            "unapplied": lists.get("unapplied"),
+            "pending": lists.get("pending"),
+            "state": None if run.migrations is None else as_json(run.migrations),
+            "seconds": {key: round(seconds, 4) for key, seconds in run.migration_seconds.items()},
+            "planned": run.planned,
+            "sql": run.sql,
+        },
+        "stages": {stage: round(seconds, 4) for stage, seconds in run.timings.items()},
+        "timeline": [
+            {"stage": span.stage, "start": round(span.start, 4), "end": round(span.end, 4)} for span in run.spans
+        ],
+        "output_tail": run.output_tail,
+    }
 
 
-def _outcome(run: RunResult) -> list[str]:
-    lines = []
-    if run.error and run.result is Result.PENDING:
-        lines += ["", f"**Pending:** {_text(run.error.message)}", "", f"Hint: {_text(run.error.hint)}"]
-    elif run.error and len(run.error.problems) > 1:
-        lines += ["", f"**Failed in the `{run.error.stage.value}` stage:** {len(run.error.problems)} problems", ""]
-        lines += [f"- {_text(problem.message)}. {_text(problem.hint)}" for problem in run.error.problems]
-        lines += ["", f"More: bastion-migrate's `{run.error.docs}`."]
-    elif run.error:
-        lines += ["", f"**Failed in the `{run.error.stage.value}` stage:** {_text(run.error.message)}"]
-        if run.error.hint:
-            lines += ["", f"Hint: {_text(run.error.hint)}"]
-        lines += ["", f"More: bastion-migrate's `{run.error.docs}`."]
-    elif run.cancelled:
-        lines += ["", "**Cancelled** before the run ended; every resource was released."]
-    if run.output_tail and run.result is Result.FAILURE:
-        lines += ["", f"<details><summary>Last {len(run.output_tail)} lines of output</summary>", ""]
-        lines += [*_pre(run.output_tail), "", "</details>"]
-    return lines
-
-
-def summary(run: RunResult) -> str:
-    """The step summary: what ran where, how it ended, the migrations, how long each stage took."""
-    icon = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}[run.result]
-    env = run.environment or "(no environment)"
-    lines = [f"### {icon} bastion-migrate: {_code(run.command)} on {_text(env)} — {run.result.value}", ""]
-    lines += _facts(run)
-    lines += _targets_table(run)
-    lines += _migrations_table(run)
-    if run.drift:
-        lines += ["", "**The runner and the image differ:**", ""]
-        lines += [f"- {_code(line)}" for line in run.drift]
-    elif run.drift is not None:
-        lines += ["", "Runner and image agree on every migration."]
-    if run.timings:
-        lines += ["", "| stage | seconds |", "|---|---:|"]
-        lines += [f"| {stage} | {seconds:.3f} |" for stage, seconds in run.timings.items()]
-    lines += _outcome(run)
-    return "\n".join(lines) + "\n"
+def document(run: RunResult) -> dict[str, object]:
+    """The JSON report (docs/report.schema.json): the summary's facts for downstream jobs."""
+    context = run.context
+    body: dict[str, object] = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "action": {
+            "name": "bastion-migrate",
+            "version": context.version,
+            "repository": context.action_repository or None,
+            "ref": context.action_ref or None,
+        },
+        "context": {
+            "repository": context.repository or None,
+            "sha": context.sha or None,
+            "ref": context.ref or None,
+            "actor": context.actor or None,
+            "workflow": context.workflow or None,
+            "run_id": context.run_id or None,
+            "run_attempt": context.run_attempt or None,
+            "run_url": context.run_url or None,
+            "commit_url": context.commit_url or None,
+        },
+        "environment": run.environment,
+        "mode": run.mode,
+        "command": run.command,
+        "image": None if not run.image else {"reference": run.image, "digest": run.image_digest},
+        "tunnel_port": run.tunnel_port,
+        "cancelled": run.cancelled,
+        "drift": run.drift,
+        **_database_document(run),
+        "databases": None
+        if run.targets is None
+        else [{"database": target.database, **_database_document(target)} for target in run.targets],
+    }
+    return body

@@ -49,6 +49,9 @@ runs:
       shell: bash
       env:
         BASTION_MIGRATE_PYTHON: ${{ steps.setup.outputs.python }}
+        # The summary links to this action's own docs at the version that ran.
+        BASTION_MIGRATE_ACTION_REPOSITORY: ${{ github.action_repository }}
+        BASTION_MIGRATE_ACTION_REF: ${{ github.action_ref }}
 """
 
 

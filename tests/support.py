@@ -68,6 +68,11 @@ class ActionRun:
     outputs: dict[str, str]
     summary: str
     seconds: float
+    report_text: str = ""  # the JSON report the report-path output names
+
+    @property
+    def report(self) -> Any:
+        return json.loads(self.report_text)
 
     @property
     def annotations(self) -> list[str]:
@@ -82,6 +87,7 @@ class ActionRun:
                 self.stderr,
                 *self.outputs.values(),
                 self.summary,
+                self.report_text,
             ]
         )
         return sorted({form for secret in secrets if secret for form in secret_forms(secret) if form in text})
@@ -141,6 +147,22 @@ def parse_output_file(text: str) -> dict[str, str]:
     return outputs
 
 
+# What a runner sets for every step (and action.yml passes as BASTION_MIGRATE_ACTION_*), as in a real run.
+GITHUB_CONTEXT = {
+    "GITHUB_SERVER_URL": "https://github.com",
+    "GITHUB_REPOSITORY": "team/shop",
+    "GITHUB_SHA": "5f1c0a9e2b7d4c3f8a6e1d0b9c8a7f6e5d4c3b2a",
+    "GITHUB_REF": "refs/heads/main",
+    "GITHUB_REF_NAME": "main",
+    "GITHUB_ACTOR": "release-bot",
+    "GITHUB_RUN_ID": "987654321",
+    "GITHUB_RUN_ATTEMPT": "1",
+    "GITHUB_WORKFLOW": "deploy",
+    "BASTION_MIGRATE_ACTION_REPOSITORY": "org/bastion-migrate",
+    "BASTION_MIGRATE_ACTION_REF": "v1",
+}
+
+
 def action_env(inputs: dict[str, str], workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         "PATH": os.environ["PATH"],
@@ -150,6 +172,7 @@ def action_env(inputs: dict[str, str], workdir: Path, extra: dict[str, str] | No
         "GITHUB_STEP_SUMMARY": str(workdir / "summary"),
         "GITHUB_WORKSPACE": str(workdir),
         "RUNNER_TEMP": str(workdir),
+        **GITHUB_CONTEXT,
     }
     env.update({"INPUT_" + name.upper().replace("-", "_"): value for name, value in inputs.items()})
     env.update(extra or {})
@@ -173,13 +196,16 @@ def start_action(
 
 def finish_action(process: subprocess.Popen[str], workdir: Path, started: float, timeout: float = 300) -> ActionRun:
     stdout, stderr = process.communicate(timeout=timeout)
+    outputs = parse_output_file((workdir / "output").read_text())
+    report = Path(outputs["report-path"]) if "report-path" in outputs else None
     return ActionRun(
         returncode=process.returncode,
         stdout=stdout,
         stderr=stderr,
-        outputs=parse_output_file((workdir / "output").read_text()),
+        outputs=outputs,
         summary=(workdir / "summary").read_text(),
         seconds=time.monotonic() - started,
+        report_text=report.read_text() if report else "",
     )
 
 
@@ -307,6 +333,34 @@ def applied_rows(lab: dict[str, Any], database: str) -> int:
     return int(admin_sql(lab, "SELECT count(*) FROM django_migrations", database)) if exists == "t" else 0
 
 
+def assert_report(run: ActionRun, stage: str | None = None) -> Any:
+    """The summary renders (tables, the time line) and the JSON report follows its schema and agrees with the
+    outputs; a failure leads the summary with its stage, its fix and a link to the action's docs at its ref."""
+    from markdown_check import (  # noqa: PLC0415 - jsonschema only where reports are checked
+        assert_gantt_parses,
+        assert_report_valid,
+        assert_tables_render,
+        gantt_blocks,
+    )
+
+    assert_tables_render(run.summary)
+    for chart in gantt_blocks(run.summary):
+        assert_gantt_parses(chart)
+    report = run.report
+    assert_report_valid(report)
+    assert report["result"] == run.outputs["result"]
+    assert str(report["exit_code"]) == run.outputs["exit-code"]
+    assert report["context"]["sha"] == GITHUB_CONTEXT["GITHUB_SHA"]
+    if stage is not None:
+        assert report["error"]["stage"] == stage, report["error"]
+        lead = run.summary.index(f"**Failed in the `{stage}` stage:**")
+        assert lead < run.summary.index("| environment |"), "the failure comes before the context"
+        anchor = report["error"]["docs"].partition("#")[2]
+        docs = f"https://github.com/org/bastion-migrate/blob/v1/docs/troubleshooting.md#{anchor}"
+        assert f"[troubleshooting]({docs})" in run.summary
+    return report
+
+
 def assert_failed_in(run: ActionRun, stage: str) -> None:
     """The failure contract: non-zero, result failure, one annotation naming the stage, a hint, the summary."""
     assert run.returncode == int(run.outputs["exit-code"]) != 0, run.explain()
@@ -316,6 +370,7 @@ def assert_failed_in(run: ActionRun, stage: str) -> None:
     assert errors[0].startswith(f"::error title=bastion-migrate%3A {stage} failed::"), run.explain()
     assert "Hint: " in errors[0], run.explain()
     assert f"Failed in the `{stage}` stage" in run.summary, run.explain()
+    assert_report(run, stage)
 
 
 def with_docker(inputs: dict[str, str], lab: dict[str, Any]) -> dict[str, str]:

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from support import assert_report
 
 # An address whose packets the lab drops: had the action connected first, it would hang for connect-timeout.
 UNREACHABLE = "192.0.2.1"
@@ -24,6 +25,7 @@ def assert_rejected(run, expected: str, problems: int = 1) -> None:
     assert all(error.startswith("::error title=bastion-migrate%3A settings failed::") for error in errors)
     assert expected in errors[0], run.explain()
     assert run.seconds < 5, "rejected at once, before any connection"
+    assert_report(run, "settings")
     assert "tunnel-port" not in run.outputs
 
 

@@ -31,6 +31,7 @@ from support import (
     ActionRun,
     action_locks,
     admin_sql,
+    assert_report,
     finish_action,
     listening,
     processes_mentioning,
@@ -124,6 +125,7 @@ def assert_clean_failure(
     assert message_contains in message, run.explain()
     assert hint_contains in hint, f"hint {hint!r} lacks {hint_contains!r}"
     assert f"Failed in the `{stage}` stage" in run.summary
+    assert_report(run, stage)
     print(f"[{stage}] {text} ({run.seconds:.2f} s)")  # noqa: T201 - shown with -rP: what the user reads
     assert "Traceback" not in run.stderr, run.stderr
     assert_nothing_left(run, lab, database, before)

@@ -28,6 +28,8 @@ def test_every_input_reaches_the_code_through_env_only() -> None:
     run_step = next(step for step in steps if step.get("id") == "run")
     assert run_step["env"] == {
         "BASTION_MIGRATE_PYTHON": "${{ steps.setup.outputs.python }}",
+        "BASTION_MIGRATE_ACTION_REPOSITORY": "${{ github.action_repository }}",
+        "BASTION_MIGRATE_ACTION_REF": "${{ github.action_ref }}",
         **{spec.env: f"${{{{ inputs.{spec.name} }}}}" for spec in INPUTS},
     }
     for step in steps:

@@ -15,7 +15,7 @@ from sshd import SSHD, start_sshd
 from support import parse_output_file, runner_commands
 
 import bastion_action
-from bastion_action import cli, report, settings
+from bastion_action import cli, settings, summary
 from bastion_action.runners import local
 
 
@@ -231,7 +231,7 @@ def test_a_bug_while_reporting_still_writes_the_result(
     def broken(*_args: object) -> str:
         raise ValueError("bad table")
 
-    monkeypatch.setattr(report, "summary", broken)
+    monkeypatch.setattr(summary, "markdown", broken)
     env = github_env(tmp_path, ssh_host="b", ssh_user="u", ssh_password="pw-Secret!1", ssh_port="99999")
     assert cli.main([], env) == 1
     errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("::error")]

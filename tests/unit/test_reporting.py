@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bastion_action import report
+from bastion_action import report, summary
 from bastion_action.errors import CommandError, TunnelError
 from bastion_action.report import Result, RunResult, ServerInfo
 
@@ -42,7 +42,7 @@ def test_summary_names_the_stage_and_shows_the_tail() -> None:
     run.error = CommandError("`manage.py migrate` exited with code 1", hint="See the log.")
     run.timings = {"settings": 0.001, "tunnel": 0.2, "probe": 0.05, "command": 1.5}
     run.output_tail = ["Applying orders.0002...", "RuntimeError: boom | pipe"]
-    text = report.summary(run)
+    text = summary.markdown(run)
     assert "❌" in text
     assert "prod" in text
     assert "Failed in the `command` stage" in text
@@ -53,7 +53,7 @@ def test_summary_names_the_stage_and_shows_the_tail() -> None:
 
 def test_summary_of_a_success_has_no_tail() -> None:
     run = RunResult("dev", "lightweight", "showmigrations", result=Result.SUCCESS, output_tail=["x"])
-    assert "Last" not in report.summary(run)
+    assert "Last" not in summary.markdown(run)
 
 
 def test_structured_outputs_and_the_per_app_table() -> None:
@@ -77,7 +77,7 @@ def test_structured_outputs_and_the_per_app_table() -> None:
     assert values["pending-count"] == "1"
     assert values["lock-wait-seconds"] == "0.250"
     assert values["migrations"].startswith('{"catalog":[{"name":"0001_initial","applied":true')
-    text = report.summary(run)
+    text = summary.markdown(run)
     assert "| catalog | `0002_sku` | ✅ applied by this run |" in text
     assert "| catalog | `0001_initial` | ✓ applied |" in text
     assert "| orders | `0001_initial` | … pending |" in text
@@ -92,7 +92,7 @@ def test_pending_result_of_check() -> None:
     run.error = PendingMigrationsError("1 migration(s) not applied: a.0001", hint="migrate", exit_code=1)
     assert report.outputs(run)["result"] == "pending"
     assert run.process_exit_code == 1
-    text = report.summary(run)
+    text = summary.markdown(run)
     assert "⏳" in text
     assert "**Pending:** 1 migration(s) not applied: a.0001" in text
     assert "Failed in" not in text
@@ -115,7 +115,7 @@ def test_faked_and_unapplied_are_outputs_and_are_not_shown_as_applied() -> None:
     assert values["unapplied"] == '["audit.0002_x"]'
     assert values["unapplied-count"] == "1"
     assert values["applied-count"] == "1"
-    text = report.summary(run)
+    text = summary.markdown(run)
     assert "1 applied by this run, 1 faked by this run, 1 unapplied by this run, 1 pending" in text
     assert "| catalog | `0001_initial` | ◌ faked by this run (recorded, not run) |" in text
     assert "| audit | `0002_x` | ↩ unapplied by this run |" in text
@@ -126,7 +126,7 @@ def test_an_unread_state_leaves_every_count_empty_and_says_so() -> None:
     run = RunResult("dev", "lightweight", "migrate", exit_code=1, error=CommandError("boom", exit_code=1))
     values = report.outputs(run)
     assert not {name for name in values if name.endswith("-count")}, "an unset output reads as empty, not 0"
-    assert "**Migration state: unknown.**" in report.summary(run)
+    assert "**Migration state: unknown.**" in summary.markdown(run)
 
 
 def test_a_squash_left_to_finish_recording_is_shown_not_counted() -> None:
@@ -136,7 +136,7 @@ def test_a_squash_left_to_finish_recording_is_shown_not_counted() -> None:
     run = RunResult("dev", "lightweight", "showmigrations", result=Result.SUCCESS, exit_code=0)
     run.applied, run.faked, run.unapplied, run.pending = [], [], [], []
     run.migrations = {"catalog": [squash]}
-    text = report.summary(run)
+    text = summary.markdown(run)
     assert "| catalog | `0001_squashed_0002` | ◐ replaced migrations applied, squash not recorded yet |" in text
     assert "0 pending" in text
 
@@ -153,7 +153,7 @@ def test_fan_out_outputs_carry_the_new_lists_and_sum_only_known_counts() -> None
     assert databases["a"]["unapplied-count"] == 0
     assert "faked-count" not in databases["b"]
     assert "faked-count" not in values, "b's state is unknown: the sum is too"
-    assert "| `b` | ❌ failure | unknown | unknown | unknown | unknown |" in report.summary(run)
+    assert "| `b` | ❌ failure | unknown | unknown | unknown | unknown |" in summary.markdown(run)
 
 
 HOSTILE_NAMES = [
@@ -192,12 +192,12 @@ def test_hostile_migration_and_database_names_keep_the_summary_shape(name: str) 
         run.output_tail = [migration, "```", "</pre></details>"]
         return run
 
-    plain = report.summary(build("0003_a", "db", "boom"))
-    hostile = report.summary(build(name, name, f"boom {name} </details>"))
+    plain = summary.markdown(build("0003_a", "db", "boom"))
+    hostile = summary.markdown(build(name, name, f"boom {name} </details>"))
     assert [_cells(row) for row in _table_rows(hostile)] == [_cells(row) for row in _table_rows(plain)]
     assert len(hostile.splitlines()) == len(plain.splitlines())
     assert not [line for line in hostile.splitlines() if line.startswith("::")], "no line of its own"
-    ours = {"<details>", "<summary>", "</summary>", "<pre>", "</pre>", "</details>"}
+    ours = {"<details>", "<details open>", "<summary>", "</summary>", "<pre>", "</pre>", "</details>"}
     assert not [tag for tag in re.findall(r"<[^>]*>?", hostile) if tag not in ours], "no raw < from the input"
     assert hostile.count("</details>") == plain.count("</details>") == 1
     outside_code = re.sub(r"(`+).*?\1|^<pre>$.*?^</pre>$", "", hostile, flags=re.MULTILINE | re.DOTALL)
@@ -206,4 +206,4 @@ def test_hostile_migration_and_database_names_keep_the_summary_shape(name: str) 
 
 def test_a_code_span_is_fenced_longer_than_any_backtick_run_inside() -> None:
     run = RunResult("dev", "lightweight", "migrate", failed_migration="app.0001_``x``", exit_code=1)
-    assert "| failed on | ``` app.0001_``x`` ``` |" in report.summary(run)
+    assert "| failed on | ``` app.0001_``x`` ``` |" in summary.markdown(run)

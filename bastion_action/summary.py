@@ -1,0 +1,338 @@
+"""Pure: a run's results -> the Markdown step summary a reviewer reads.
+
+Failure first (stage, cause, fix, the command's last lines), then the run's context (commit, run,
+actor, image, server), the databases (fan-out), the migrations with Django's own timings, the plan
+and SQL on request, and where the time went as a Mermaid ``gantt`` chart with a table beside it.
+Every text the action did not write is escaped: it renders as itself, never as Markdown or HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable
+
+from bastion_action.errors import ActionError
+from bastion_action.migrations import State
+from bastion_action.report import TAIL_LINE_CHARS, Result, RunContext, RunResult, Span, known_lists
+
+TROUBLESHOOTING = "docs/troubleshooting.md"
+SLOWEST_SHOWN = 3
+SQL_SHOWN_CHARACTERS = 20_000  # per migration in the summary; the JSON report keeps what was collected
+OPERATIONS_SHOWN = 50  # per migration
+
+_ICONS = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}
+_LISTS_SHOWN = ("applied", "pending", "faked", "unapplied")  # fan-out table columns
+
+# Markdown that untrusted text could use to end a table cell, open a code span or a link, or escape our own.
+_INLINE_SPECIALS = re.compile(r"([\\`|\[\]*_])")
+_NOT_IN_CODE = re.compile(r"[<>&|]")
+# A link target we build from the runner's variables; anything else (spaces, parentheses, quotes) is not linked.
+_SAFE_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[A-Za-z0-9._~%!$&'*+,;=:@/#-]*)?")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.splitlines())  # every line break Python knows, not just \n
+
+
+def text(value: str) -> str:
+    """Untrusted text as inline Markdown that renders as itself: no HTML, no cell break, no code span, no link."""
+    return _INLINE_SPECIALS.sub(r"\\\1", html.escape(_one_line(value), quote=False))
+
+
+def code(value: str) -> str:
+    """Untrusted text as a code span, fenced longer than any backtick run in it; as escaped text if it cannot be one.
+
+    Inside a code span nothing can be escaped, so text with HTML or table syntax is not put there.
+    """
+    if not value or _NOT_IN_CODE.search(value) or _one_line(value) != value:
+        return text(value)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", value)), default=0) + 1)
+    pad = " " if value[0] in "` " or value[-1] in "` " else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
+
+
+def link(label: str, url: str) -> str:
+    """``[label](url)`` when the URL is one we can trust to stay a URL; else the label alone."""
+    return f"[{label}]({url})" if url and _SAFE_URL.fullmatch(url) and ")" not in url else label
+
+
+def _clipped(line: str) -> str:
+    if len(line) <= TAIL_LINE_CHARS:
+        return line
+    return f"{line[:TAIL_LINE_CHARS]}… [{len(line) - TAIL_LINE_CHARS:,} more characters]"
+
+
+def _pre(lines: Iterable[str]) -> list[str]:
+    # An HTML <pre> block ends only at </pre>, which escaped text cannot contain: blank lines, fences
+    # and </details> in the output stay inside it.
+    return ["<pre>", *(html.escape(_one_line(_clipped(line)), quote=False) for line in lines), "</pre>"]
+
+
+def _docs(context: RunContext, anchor: str) -> str:
+    path = f"{TROUBLESHOOTING}#{anchor}"
+    url = context.docs_url(path)
+    return link("troubleshooting", url) if url else f"bastion-migrate's `{path}`"
+
+
+# -- what went wrong ------------------------------------------------------------------------------
+
+
+def _problem(error: ActionError, context: RunContext) -> list[str]:
+    lines = [f"**Failed in the `{error.stage.value}` stage:** {text(error.message)}"]
+    if error.hint:
+        lines += ["", f"**Fix:** {text(error.hint)}"]
+    return [*lines, "", f"More: {_docs(context, error.anchor)}."]
+
+
+def _lead(run: RunResult) -> list[str]:
+    """How the run ended, first: the stage, the cause, the fix, then the command's last lines."""
+    error, lines = run.error, []
+    if error and run.result is Result.PENDING:
+        lines += [f"**Pending:** {text(error.message)}", "", f"**Fix:** {text(error.hint)}", ""]
+    elif error and len(error.problems) > 1:
+        lines += [f"**Failed in the `{error.stage.value}` stage:** {len(error.problems)} problems", ""]
+        lines += [f"- {text(problem.message)}. **Fix:** {text(problem.hint)}" for problem in error.problems]
+        lines += ["", f"More: {_docs(run.context, error.anchor)}.", ""]
+    elif error:
+        lines += [*_problem(error, run.context), ""]
+    elif run.cancelled:
+        lines += ["**Cancelled** before the run ended; every resource was released.", ""]
+    if run.output_tail and run.result is Result.FAILURE:
+        lines += [f"<details open><summary>Last {len(run.output_tail)} lines of output</summary>", ""]
+        lines += [*_pre(run.output_tail), "", "</details>", ""]
+    return lines
+
+
+# -- the run's context ----------------------------------------------------------------------------
+
+
+def _context_rows(context: RunContext) -> list[tuple[str, str]]:
+    rows = []
+    if context.sha:
+        commit = link(code(context.sha[:12]), context.commit_url)
+        rows.append(("commit", commit + (f" on {code(context.ref)}" if context.ref else "")))
+    elif context.ref:
+        rows.append(("ref", code(context.ref)))
+    if context.run_id:
+        attempt = f", attempt {text(context.run_attempt)}" if context.run_attempt not in {"", "1"} else ""
+        name = text(context.workflow) if context.workflow else "workflow run"
+        label = f"{name} #{text(context.run_id)}{attempt}"
+        rows.append(("run", link(label, context.run_url) + (f" by {code(context.actor)}" if context.actor else "")))
+    elif context.actor:
+        rows.append(("actor", code(context.actor)))
+    if context.version:
+        action = f"bastion-migrate {text(context.version)}"
+        if context.action_repository and context.action_ref:
+            action += f" ({code(context.action_repository + '@' + context.action_ref)})"
+        rows.append(("action", action))
+    return rows
+
+
+def _facts(run: RunResult) -> list[str]:
+    rows = [("environment", text(run.environment or "(no environment)"))]
+    rows += _context_rows(run.context)
+    rows += [("mode", text(run.mode)), ("command", code(run.command))]
+    if run.server:
+        server = run.server
+        before = "no django_migrations table" if server.applied_migrations is None else str(server.applied_migrations)
+        described = (
+            f"PostgreSQL {text(server.version)}, database {code(server.database)} as "
+            f"{code(server.user)}, TLS {text(server.ssl_state)}, {server.rtt_ms:.1f} ms round trip"
+        )
+        rows += [("server", described), ("recorded migrations at probe", before)]
+    if run.tunnel_port is not None:
+        rows.append(("tunnel", f"127.0.0.1:{run.tunnel_port}"))
+    if run.image:
+        rows += [("image", code(run.image)), ("image digest", code(run.image_digest or "unknown"))]
+    if run.lock_wait is not None:
+        rows.append(("migration lock", f"held after {run.lock_wait:.2f} s"))
+    if run.exit_code is not None:
+        rows.append(("command exit code", str(run.exit_code)))
+    if run.failed_migration:
+        rows.append(("failed on", code(run.failed_migration)))
+    rows.append(("duration", f"{run.duration:.2f} s"))
+    return ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
+
+
+# -- the databases (fan-out) ----------------------------------------------------------------------
+
+
+def _targets_table(run: RunResult) -> list[str]:
+    if run.targets is None:
+        return []
+    order = {Result.FAILURE: 0, Result.PENDING: 1, Result.SUCCESS: 2}
+    lines = [
+        "",
+        f"**{len(run.targets)} databases** over one SSH connection, failures first:",
+        "",
+        "| database | result | applied | pending | faked | unapplied | lock wait | seconds | failure |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for target in sorted(run.targets, key=lambda target: order[target.result]):
+        known = dict(known_lists(target))
+        counts = " | ".join(str(len(known[name])) if name in known else "unknown" for name in _LISTS_SHOWN)
+        wait = "" if target.lock_wait is None else f"{target.lock_wait:.2f}"
+        failure = ""
+        if target.error is not None:
+            failure = f"{target.error.stage.value}: {text(target.error.message)}"
+        lines.append(
+            f"| {code(target.database or '')} | {_ICONS[target.result]} {target.result.value} | {counts} "
+            f"| {wait} | {target.duration:.2f} | {failure} |"
+        )
+    return lines
+
+
+# -- the migrations -------------------------------------------------------------------------------
+
+
+def _changes(run: RunResult) -> str:
+    """One line: what this run changed and what is left, each count only where it is known."""
+    if run.applied is None:
+        return (
+            "**Migration state: unknown.** No migration state could be read (the command may not have "
+            "started, or printed none), so no counts are reported."
+        )
+    changed = [("applied", run.applied), ("faked", run.faked), ("unapplied", run.unapplied)]
+    told = [
+        f"{len(items)} {word} by this run"
+        for word, items in changed
+        if items or (word == "applied" and items is not None)
+    ]
+    pending = "pending unknown (the state after the run could not be read)"
+    if run.pending is not None:
+        pending = f"{len(run.pending)} pending"
+    return f"**Migrations:** {', '.join(told)}, {pending}."
+
+
+def _slowest(run: RunResult) -> list[str]:
+    timed = sorted(run.migration_seconds.items(), key=lambda item: item[1], reverse=True)[:SLOWEST_SHOWN]
+    if not timed:
+        return []
+    named = ", ".join(f"{code(key)} ({seconds:.3f} s)" for key, seconds in timed)
+    total = sum(run.migration_seconds.values())
+    return ["", f"**Slowest:** {named}; {total:.3f} s in migrations in all, by Django's own timing."]
+
+
+def _migrations_table(run: RunResult) -> list[str]:
+    if run.migrations is None:
+        return ["", _changes(run)] if run.state_unknown else []
+    timed = bool(run.migration_seconds)
+    lines = ["", _changes(run), *_slowest(run), ""]
+    lines += ["| app | migration | state | seconds |", "|---|---|---|---:|"] if timed else []
+    lines += [] if timed else ["| app | migration | state |", "|---|---|---|"]
+    marks = {
+        State.APPLIED: "✓ applied",
+        State.PENDING: "… pending",
+        State.PARTIAL: "◐ replaced migrations applied, squash not recorded yet",
+    }
+    by_this_run = dict.fromkeys(run.applied or [], "✅ applied by this run")
+    by_this_run |= dict.fromkeys(run.faked or [], "◌ faked by this run (recorded, not run)")
+    by_this_run |= dict.fromkeys(run.unapplied or [], "↩ unapplied by this run")
+    if run.failed_migration:
+        by_this_run[run.failed_migration] = "❌ failed (rolled back where the database could)"
+    for app, migrations in run.migrations.items():
+        if not migrations:
+            lines.append(f"| {text(app)} | (no migrations) | |" + (" |" if timed else ""))
+        for migration in migrations:
+            state = by_this_run.get(migration.key, marks[migration.state])
+            row = f"| {text(app)} | {code(migration.name)} | {state} |"
+            if timed:
+                seconds = run.migration_seconds.get(migration.key)
+                row += f" {seconds:.3f} |" if seconds is not None else " |"
+            lines.append(row)
+    return lines
+
+
+def _planned(run: RunResult) -> list[str]:
+    if not run.planned:
+        return []
+    lines = ["", f"**Planned operations** of the {len(run.planned)} pending migration(s), in apply order:", ""]
+    for key, operations in run.planned.items():
+        shown = operations[:OPERATIONS_SHOWN]
+        more = len(operations) - len(shown)
+        lines.append(f"- {code(key)}" + ("" if operations else ": no operations"))
+        lines += [f"  - {text(operation)}" for operation in shown]
+        if more:
+            lines.append(f"  - … and {more} more")
+    return lines
+
+
+def _sql(run: RunResult) -> list[str]:
+    if not run.sql:
+        return []
+    lines = ["", f"**SQL** of {len(run.sql)} migration(s) (`sqlmigrate`):", ""]
+    for key, sql in run.sql.items():
+        shown = sql[:SQL_SHOWN_CHARACTERS]
+        cut = len(sql) - len(shown)
+        lines += [f"<details><summary>{html.escape(key)}</summary>", ""]
+        lines += _pre(shown.splitlines() or ["(no SQL)"])
+        if cut:
+            lines += ["", f"Cut here: {cut:,} more characters (the JSON report has what was collected)."]
+        lines += ["", "</details>"]
+    return lines
+
+
+# -- where the time went --------------------------------------------------------------------------
+
+_MERMAID_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def mermaid_name(name: str) -> str:
+    """A section or task name Mermaid reads as plain words: no ':', '#', ';', quotes or line breaks."""
+    return _MERMAID_NAME.sub("_", name)[:60] or "_"
+
+
+def _rows(run: RunResult) -> list[tuple[str, list[Span]]]:
+    rows = [("run", run.spans)] if run.spans else []
+    rows += [(f"db {target.database}", target.spans) for target in run.targets or [] if target.spans]
+    return rows
+
+
+def gantt(run: RunResult) -> list[str]:
+    """The stages as they really overlapped, as Mermaid's ``gantt`` (milliseconds from the run's start)."""
+    rows = _rows(run)
+    if not rows:
+        return []
+    last = max(span.end for _, spans in rows for span in spans)
+    lines = ["```mermaid", "gantt", "    dateFormat x", f"    axisFormat {'%M:%S' if last >= 60 else '%S.%L'}"]  # noqa: PLR2004
+    number = 0
+    for name, spans in rows:
+        lines.append(f"    section {mermaid_name(name)}")
+        for span in spans:
+            start = round(span.start * 1000)
+            end = max(round(span.end * 1000), start + 1)  # a zero-length bar would not be drawn
+            lines.append(f"    {mermaid_name(span.stage)} :s{number}, {start}, {end}")
+            number += 1
+    return [*lines, "```"]
+
+
+def _timeline(run: RunResult) -> list[str]:
+    lines = []
+    chart = gantt(run)
+    if chart:
+        lines += ["", "**Where the time went** (seconds from the start; the pull overlaps the tunnel and probe):", ""]
+        lines += chart
+    if run.timings:
+        lines += ["", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {stage} | {seconds:.3f} |" for stage, seconds in run.timings.items()]
+    return lines
+
+
+def markdown(run: RunResult) -> str:
+    """The step summary: how it ended, what ran where, the migrations, where the time went."""
+    env = run.environment or "(no environment)"
+    lines = [f"### {_ICONS[run.result]} bastion-migrate: {code(run.command)} on {text(env)} — {run.result.value}", ""]
+    lines += _lead(run)
+    lines += _facts(run)
+    lines += _targets_table(run)
+    lines += _migrations_table(run)
+    lines += _planned(run)
+    lines += _sql(run)
+    if run.drift:
+        lines += ["", "**The runner and the image differ:**", ""]
+        lines += [f"- {code(line)}" for line in run.drift]
+    elif run.drift is not None:
+        lines += ["", "Runner and image agree on every migration."]
+    lines += _timeline(run)
+    return "\n".join(lines) + "\n"
