@@ -185,7 +185,7 @@ class _Database:
         result.server = server
         self.say(
             f"probe: PostgreSQL {server.version}, database {server.database} as {server.user}, "
-            f"SSL {server.ssl_state}, {server.rtt_ms:.1f} ms round trip"
+            f"TLS {server.ssl_state}, {server.rtt_ms:.1f} ms round trip"
         )
         return opened, session
 

@@ -37,7 +37,7 @@ def test_verify_full_migrates_through_the_tunnel(action, lab, verified, fresh_db
     assert run.returncode == 0, run.explain()
     assert run.outputs["result"] == "success"
     assert applied_rows(lab, fresh_db) == int(run.outputs["applied-count"]) > 0, "Django connected with verify-full"
-    shown = f"SSL on, verified as {lab['db_tls_name']}"
+    shown = f"TLS on, verified as {lab['db_tls_name']}"
     assert shown in run.summary, run.explain()
     assert any(line.startswith("probe: ") and shown in line for line in run.stdout.splitlines()), run.explain()
     assert not ca_files(tmp_path), "the CA file is removed at the end"
@@ -46,7 +46,7 @@ def test_verify_full_migrates_through_the_tunnel(action, lab, verified, fresh_db
 def test_verify_ca_accepts_a_name_the_certificate_does_not_carry(action, lab, verified) -> None:
     run = action({**verified, "command": "showmigrations", "db-host": lab["db_tls_alias"], "db-sslmode": "verify-ca"})
     assert run.returncode == 0, run.explain()
-    assert "SSL on, CA verified (name not checked)" in run.summary
+    assert "TLS on, CA verified (name not checked)" in run.summary
 
 
 def test_a_certificate_from_another_ca_fails_the_probe(action, verified) -> None:
@@ -69,4 +69,4 @@ def test_a_name_the_certificate_does_not_carry_fails_the_probe(action, lab, veri
 def test_the_address_in_the_certificate_verifies_too(action, lab, verified) -> None:
     run = action({**verified, "command": "probe", "db-host": lab["db_host"]})
     assert run.returncode == 0, run.explain()
-    assert f"SSL on, verified as {lab['db_host']}" in run.summary
+    assert f"TLS on, verified as {lab['db_host']}" in run.summary

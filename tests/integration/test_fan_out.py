@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from support import admin_sql, unique, with_docker
 
+from bastion_action import summary
+
 
 def accepted_logins(lab) -> int:
     return Path(lab["sshd_log"]).read_text(errors="replace").count(f"Accepted password for {lab['ssh_password_user']}")
@@ -67,7 +69,7 @@ def test_fan_out_reports_each_database_failure(action, base_inputs, lab, databas
     )
     assert per_database[databases[0]]["applied-count"] == 6
     assert per_database[databases[1]]["applied-count"] == 6
-    assert f"probe: database '{missing}' does not exist" in run.summary
+    assert summary.text(f"probe: database '{missing}' does not exist") in run.summary
 
 
 def test_fan_out_check_is_pending_when_any_database_is(action, base_inputs, lab, databases) -> None:

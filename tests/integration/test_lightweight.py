@@ -35,7 +35,7 @@ def test_probe_with_password_auth(action, base_inputs) -> None:
     assert re.fullmatch(r"[0-9]+\.[0-9]{3}", run.outputs["duration-seconds"])
     assert 0 < float(run.outputs["duration-seconds"]) <= run.seconds, "the action's own time, within the process's"
     assert "PostgreSQL 15" in run.summary
-    assert "SSL on" in run.summary
+    assert "TLS on" in run.summary
     assert "| tunnel |" in run.summary
     assert run.stdout.startswith("::add-mask::"), "masks come before anything else"
 
