@@ -56,3 +56,13 @@ def test_a_refused_database_password_names_the_variable_it_came_from(action, bas
     assert (
         "(db-user from the step's input db-user; db-password from environment variable LAB_DB_PASSWORD)%0AHint:"
     ) in error
+
+
+def test_runner_debug_logs_every_stage_with_no_secret(action, base_inputs) -> None:
+    run = action({**base_inputs, "command": "migrate"}, extra_env={"RUNNER_DEBUG": "1"})  # every form is scanned
+    assert run.returncode == 0, run.explain()
+    debug = [line for line in run.stdout.splitlines() if line.startswith("::debug::")]
+    for stage in ("settings", "tunnel", "probe", "lock", "command"):
+        assert f"::debug::stage {stage}: ended after " in "\n".join(debug), stage
+    assert any(line.startswith("::debug::tunnel: ") for line in debug)
+    assert any("command: exit code 0" in line for line in debug)
