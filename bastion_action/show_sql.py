@@ -37,6 +37,8 @@ def wanted(command: Command, found: Outcome) -> list[str] | None:
     it failed on. Other commands: none.
     """
     if command in {Command.PLAN, Command.CHECK}:
+        if found.planned is not None:  # in the order they would be applied
+            return list(found.planned)
         return None if found.pending is None else list(found.pending)
     if command is Command.MIGRATE:
         if found.applied is None and found.failed_migration is None:

@@ -190,7 +190,7 @@ def test_the_script_and_the_reader_agree(tmp_path: Path) -> None:
 
 def test_huge_sql_is_cut_per_migration_and_in_all_and_says_so(tmp_path: Path) -> None:
     keys = [f"app.{number:04}_big" for number in range(12)]
-    sql = dict.fromkeys(keys, "SELECT 1; -- é\n" * 10000)  # 160,000 bytes each
+    sql: dict[str, str | None] = dict.fromkeys(keys, "SELECT 1; -- é\n" * 10000)  # 160,000 bytes each
     output, marker = run_script(tmp_path, keys, sql)
     collected = show_sql.read(output, marker, keys)
     cut = [key for key, text in collected.items() if "more bytes not collected" in text]
