@@ -187,6 +187,13 @@ INPUTS: tuple[InputSpec, ...] = (
         in_file=True,
     ),
     InputSpec("fake-initial", "Pass --fake-initial to migrate (true/false).", "true", in_file=True),
+    InputSpec(
+        "show-sql",
+        "Also collect each pending (plan, check) or applied (migrate) migration's SQL with sqlmigrate for the step "
+        "summary and the JSON report (true/false); each migration's SQL is capped at 64 KiB, all of it at 512 KiB.",
+        "false",
+        in_file=True,
+    ),
     InputSpec("timeout", "Seconds allowed for the whole run.", "1800", in_file=True),
     InputSpec(
         "debug",

@@ -52,10 +52,11 @@ def duration(seconds: float) -> str:
 class Launched:
     """One started command; ``output`` keeps its last lines (bounded) for parsing and the summary."""
 
-    def __init__(self, console: Console, title: str, *, hold: bool) -> None:
+    def __init__(self, console: Console, title: str, *, hold: bool, conceal: str = "") -> None:
         self.console = console
         self.title = title
         self.hold = hold  # fan-out: the whole output is shown at the end, not interleaved with others
+        self.conceal = conceal  # lines starting with it are kept for parsing, not shown (a result for the action)
         self.output = Tail(OUTPUT_LINES, OUTPUT_CHARS)
         self._held = HeadAndTail(HELD_LINES, HELD_CHARS)
         self._live = False
@@ -100,6 +101,8 @@ class Launched:
         self.output.append(line)
         self._follow_migration(line)
         shown, self._shown = self._shown, 0
+        if self._concealed(line):
+            return
         if not shown:
             self._show(line)
         elif line[shown:]:
@@ -114,6 +117,12 @@ class Launched:
         safe = self.console.safe_length(head)
         return head[:safe] + cut_marker(more + len(head) - safe)
 
+    def _concealed(self, line: str, *, finished: bool = True) -> bool:
+        """A line not to show; unfinished, one that may still become such a line."""
+        if not self.conceal:
+            return False
+        return line.startswith(self.conceal) or (not finished and self.conceal.startswith(line))
+
     def _show_partial(self) -> None:
         self._partial_timer = None
         due = self._heard + PARTIAL_LINE_DELAY
@@ -121,6 +130,8 @@ class Launched:
             self._partial_timer = self._loop.call_at(due, self._show_partial)
             return
         partial = self._lines.partial
+        if self._concealed(partial, finished=False):
+            return
         self._follow_migration(partial, finished=False)
         # Each shown piece is redacted on its own: a piece never ends inside what could be a secret's start.
         safe = self.console.safe_length(partial)
@@ -197,9 +208,19 @@ async def _run(launched: Launched, runner: Runner, argv: Sequence[str], database
 
 
 def launch(
-    console: Console, runner: Runner, argv: Sequence[str], title: str, *, database_url: str, hold: bool = False
+    console: Console,
+    runner: Runner,
+    argv: Sequence[str],
+    title: str,
+    *,
+    database_url: str,
+    hold: bool = False,
+    conceal: str = "",
 ) -> Launched:
-    """Start ``argv`` through ``runner`` now; it reaches the database only through its gate."""
-    launched = Launched(console, title, hold=hold)
+    """Start ``argv`` through ``runner`` now; it reaches the database only through its gate.
+
+    Lines starting with ``conceal`` (when given) are kept in ``output`` but not shown.
+    """
+    launched = Launched(console, title, hold=hold, conceal=conceal)
     launched.task = asyncio.ensure_future(_run(launched, runner, argv, database_url))
     return launched

@@ -21,6 +21,10 @@ The formats, as printed by Django 3.2 to 5.x:
     Planned operations:
     catalog.0001_initial
         Create model Product
+        Raw SQL operation -> CREATE INDEX CONCURRENTLY idx ON...   <- cut to 40 characters by Django
+        Raw Python operation -> Fill in the SKUs.                   <- the function's docstring, if any
+        Undo Add field sku to product                               <- backwards (a target behind the state)
+        Raw Python operation -> IRREVERSIBLE                        <- backwards, and it cannot be
       No planned migration operations.                          <- nothing to do
 
 ``migrate``::
@@ -30,6 +34,13 @@ The formats, as printed by Django 3.2 to 5.x:
       Applying catalog.0001_initial... FAKED                    <- --fake-initial found the tables
       Unapplying catalog.0002_product_sku... OK                 <- migrate to an earlier target
       Applying audit.0002_test_hooks...Traceback (most recent call last):
+      Applying audit.0002_test_hooks...what the migration printed
+     OK (0.004s)                                                <- its end, on a line of its own
+
+Verbosity 2 also prints ``Running pre-migrate handlers for application catalog``,
+``Running post-migrate handlers ...``, ``  Rendering model states... DONE (0.020s)``,
+and (with ``django.contrib`` apps) ``Adding content type ...`` / ``Adding permission ...``:
+none of them is a migration's line.
 """
 
 from __future__ import annotations
@@ -68,6 +79,11 @@ _APP_LABEL = re.compile(r"^(?P<app>[^\s\[(][^\s]*)$")
 _PLAN_ENTRY = re.compile(r"^\[(?P<mark>[X \-])\]  (?P<app>[^.\s]+)\.(?P<name>\S+)(?: \.\.\. \(.*\))?(?: \(.*\))?$")
 _MIGRATE_PLAN_ENTRY = re.compile(r"^(?P<app>[^.\s]+)\.(?P<name>\S+)$")
 _APPLYING = re.compile(r"^  (?P<verb>Applying|Unapplying) (?P<app>[^.\s]+)\.(?P<name>\S+?)\.\.\.(?P<rest>.*)$")
+# How Django ends a migration's line: " OK" or " FAKED", and at verbosity 2 its own timing " (0.012s)".
+_ENDING = r"(?P<ended>OK|FAKED)(?: \((?P<seconds>[0-9]+(?:\.[0-9]+)?)s\))?"
+_ENDED_AT_ONCE = re.compile(rf"^\s*{_ENDING}(?:\s.*)?$")  # right after "...": nothing printed in between
+# After the migration's own output: its end alone on a line, or (timed, so unmistakable) after text with no newline.
+_ENDED_LATER = re.compile(rf"^\s*{_ENDING}\s*$|^.*\s(?P<timed>OK|FAKED) \((?P<timed_seconds>[0-9]+\.[0-9]+)s\)\s*$")
 _MARKS = {"X": State.APPLIED, " ": State.PENDING, "-": State.PARTIAL}
 
 
@@ -103,19 +119,36 @@ def parse_showmigrations_plan(text: str) -> list[Migration]:
 
 def parse_migrate_plan(text: str) -> list[Migration]:
     """``migrate --plan`` -> the planned migrations, in apply order (all pending)."""
+    return [
+        Migration(app, name, State.PENDING)
+        for app, name in (key.split(".", 1) for key in parse_migrate_plan_operations(text))
+    ]
+
+
+def parse_migrate_plan_operations(text: str) -> dict[str, list[str]]:
+    """``migrate --plan`` -> each planned migration (``app.name``, in apply order) and its operations as printed.
+
+    An operation's words are Django's (``Create model Product``, ``Raw SQL operation -> ...``,
+    ``Raw Python operation -> IRREVERSIBLE``), kept as they are, without the indentation.
+    """
     lines = text.splitlines()
     try:
         start = next(index for index, line in enumerate(lines) if line.strip() == "Planned operations:")
     except StopIteration:
-        return []
-    planned = []
+        return {}
+    planned: dict[str, list[str]] = {}
+    current: list[str] | None = None
     for line in lines[start + 1 :]:
-        if not line.strip() or line.startswith(" "):
-            continue  # operations are indented under their migration
+        if not line.strip():
+            continue
+        if line.startswith(" "):  # operations are indented under their migration
+            if current is not None:
+                current.append(line.strip())
+            continue
         entry = _MIGRATE_PLAN_ENTRY.match(line)
         if not entry:
             break
-        planned.append(Migration(entry["app"], entry["name"], State.PENDING))
+        current = planned.setdefault(f"{entry['app']}.{entry['name']}", [])
     return planned
 
 
@@ -125,6 +158,8 @@ class MigrateOutput:
     applied: list[str]  # "app.name", in order, printed OK: recorded and run
     faked: list[str]  # printed FAKED: recorded without running (--fake-initial found the tables, or --fake)
     failed: str | None  # the migration being applied or unapplied when the command failed
+    # Verbosity 2: each migration applied, faked or unapplied, and the seconds Django says it took, in order
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # Printed by every migrate at verbosity 1 or more, before it touches the database.
@@ -134,26 +169,41 @@ _MIGRATE_HEADERS = frozenset({"Operations to perform:", "Running migrations:"})
 def parse_migrate(text: str) -> MigrateOutput:
     """``migrate`` output -> what it ran and faked, in order, and the migration it failed on, if any.
 
-    What it unapplied is read from ``django_migrations`` instead: the rows say it exactly.
+    What it unapplied is read from ``django_migrations`` instead: the rows say it exactly. A migration
+    that prints something of its own gets its " OK" after that output; until then it is the one running.
     """
     applied: list[str] = []
     faked: list[str] = []
-    failed = None
+    seconds: dict[str, float] = {}
+    running: tuple[str, str] | None = None  # (verb, key) of a migration started and not ended yet
     ran = False
+
+    def ended(verb: str, key: str, end: re.Match[str]) -> None:
+        took = end["seconds"] if end["ended"] else end["timed_seconds"]
+        if took is not None:
+            seconds[key] = float(took)
+        if verb == "Applying":
+            (faked if (end["ended"] or end["timed"]) == "FAKED" else applied).append(key)
+
     for line in text.splitlines():
         entry = _APPLYING.match(line)
         ran = ran or bool(entry) or line.strip() in _MIGRATE_HEADERS
-        if not entry:
+        if entry:
+            key = f"{entry['app']}.{entry['name']}"
+            end = _ENDED_AT_ONCE.match(entry["rest"]) or _ENDED_LATER.match(entry["rest"])
+            if end:
+                running = None
+                ended(entry["verb"], key, end)
+            else:
+                running = (entry["verb"], key)
             continue
-        key = f"{entry['app']}.{entry['name']}"
-        ended = entry["rest"].strip().split(" ", 1)[0]  # verbosity 2 appends " (0.012s)"
-        if ended not in {"OK", "FAKED"}:
-            failed = key
-            continue
-        failed = None
-        if entry["verb"] == "Applying":
-            (faked if ended == "FAKED" else applied).append(key)
-    return MigrateOutput(ran=ran, applied=applied, faked=faked, failed=failed)
+        if running is not None:
+            end = _ENDED_LATER.match(line)
+            if end:
+                verb, key = running
+                running = None
+                ended(verb, key, end)
+    return MigrateOutput(ran=ran, applied=applied, faked=faked, failed=running[1] if running else None, seconds=seconds)
 
 
 def has_plan(text: str) -> bool:

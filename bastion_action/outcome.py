@@ -31,6 +31,9 @@ class Outcome:
     faked: list[str] | None = None  # recorded by this run without running (FAKED), in order
     unapplied: list[str] | None = None  # rows this run removed, in the order they had been recorded
     failed_migration: str | None = None
+    # Verbosity 2: seconds Django took for each migration it applied, faked or unapplied ("app.name")
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    planned: dict[str, list[str]] | None = None  # plan, check: each planned migration's operations, in order
 
 
 UNKNOWN = Outcome(applied=None, migrations=None, pending=None)
@@ -52,6 +55,7 @@ def interpret(
         return _migrate(output, before, after, planned, exit_code)
     if exit_code != 0:  # a read-only command that failed printed at most part of the state
         return UNKNOWN
+    operations = None
     if command is Command.SHOWMIGRATIONS:
         apps = migrations.parse_showmigrations(output)
         if not apps:  # --plan given in args
@@ -59,16 +63,17 @@ def interpret(
         if not apps:
             return UNKNOWN
     elif migrations.has_plan(output):  # plan, check
+        operations = migrations.parse_migrate_plan_operations(output)
         apps = migrations.state_from_database(after, migrations.parse_migrate_plan(output))
     else:
         return UNKNOWN
-    return Outcome(applied=[], faked=[], unapplied=[], migrations=apps, pending=_pending(apps))
+    return Outcome(applied=[], faked=[], unapplied=[], migrations=apps, pending=_pending(apps), planned=operations)
 
 
 def _migrate(output: str, before: Rows | None, after: Rows, planned: str | None, exit_code: int) -> Outcome:
     printed = migrations.parse_migrate(output)
     if not printed.ran or before is None:
-        return dataclasses.replace(UNKNOWN, failed_migration=printed.failed)
+        return dataclasses.replace(UNKNOWN, failed_migration=printed.failed, seconds=printed.seconds)
     fake = set(printed.faked)
     recorded = migrations.applied_since(before, after)
     apps = None
@@ -83,6 +88,7 @@ def _migrate(output: str, before: Rows | None, after: Rows, planned: str | None,
         migrations=apps,
         pending=None if apps is None else _pending(apps),
         failed_migration=printed.failed,
+        seconds=printed.seconds,
     )
 
 

@@ -221,6 +221,7 @@ class Settings:
     lock_break_stale: bool
     secrets: tuple[str, ...]
     resolved: tuple[str, ...] = ()  # each input's source, for the log (no secret value)
+    show_sql: bool = False  # plan, check, migrate: collect each migration's SQL (sqlmigrate) for the report
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -568,6 +569,7 @@ def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]
         read.problem(input_error("command", "showmigrations with mode: compare", command.value))
     timeout = read.seconds("timeout")
     debug = read.boolean("debug")
+    show_sql = read.boolean("show-sql")
     lock_timeout = read.seconds("lock-timeout")
     lease = _lease(read)
     break_stale = read.boolean("lock-break-stale")
@@ -602,6 +604,7 @@ def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]
         lock_lease=lease,
         lock_break_stale=break_stale,
         secrets=secrets,
+        show_sql=show_sql,
     )
 
 

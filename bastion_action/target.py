@@ -17,9 +17,9 @@ import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bastion_action import aio, cafile, outcome
+from bastion_action import aio, cafile, outcome, show_sql
 from bastion_action.clock import Clock
-from bastion_action.errors import PendingMigrationsError, Stage, TunnelError
+from bastion_action.errors import CommandError, PendingMigrationsError, Stage, TunnelError
 from bastion_action.gha import Console
 from bastion_action.launch import Launched, launch
 from bastion_action.report import TAIL_LINES, Result, RunResult
@@ -132,10 +132,10 @@ class _Database:
         label = self.target.label
         self.console.debug(f"[{label}] {text}" if label else text)
 
-    def launch(self, runner: Runner, argv: list[str], shown: str) -> Launched:
+    def launch(self, runner: Runner, argv: list[str], shown: str, conceal: str = "") -> Launched:
         label = self.target.label
         shown = f"[{label}] {shown}" if label else shown
-        return launch(self.console, runner, argv, shown, database_url=self.url, hold=bool(label))
+        return launch(self.console, runner, argv, shown, database_url=self.url, hold=bool(label), conceal=conceal)
 
     def launch_main(self) -> None:
         runner = self.shared.runner
@@ -143,9 +143,11 @@ class _Database:
             argv = command_argv(self.settings)
             self.main = self.launch(runner, argv, title(self.settings, runner, argv))
 
-    async def follow_up(self, runner: Runner, argv: list[str], shown: str, opened: tunnel.Tunnel) -> tuple[int, str]:
+    async def follow_up(
+        self, runner: Runner, argv: list[str], shown: str, opened: tunnel.Tunnel, conceal: str = ""
+    ) -> tuple[int, str]:
         """A second command (the gate is open by now), run to its end: its exit code and output."""
-        launched = self.launch(runner, argv, shown)
+        launched = self.launch(runner, argv, shown, conceal)
         try:
             code = await while_tunnel_up(launched.wait(), opened)
         finally:
@@ -232,6 +234,8 @@ class _Database:
                     if drifted is not None:
                         raise drifted
         found = await self.results(opened, session, before, output) if settings.command.django else None
+        if found is not None and settings.show_sql:
+            await self.collect_sql(found, opened)
         failure = outcome.verdict(settings.command, command_argv(settings), result.exit_code, found, output)
         if isinstance(failure, PendingMigrationsError):
             result.exit_code = 1
@@ -254,7 +258,51 @@ class _Database:
         result.applied, result.migrations, result.pending = found.applied, found.migrations, found.pending
         result.faked, result.unapplied = found.faked, found.unapplied
         result.failed_migration = found.failed_migration
+        result.migration_seconds = dict(found.seconds)
+        result.planned = found.planned
+        faked, unapplied = set(found.faked or ()), set(found.unapplied or ())
+        for key, seconds in found.seconds.items():
+            done = "faked" if key in faked else "unapplied" if key in unapplied else "applied"
+            self.debug(f"migration {key} {done} in {seconds:.3f} s")
+        if found.planned is not None:
+            operations = sum(len(items) for items in found.planned.values())
+            self.debug(f"plan: {len(found.planned)} migration(s), {operations} operation(s)")
+            for key, items in found.planned.items():
+                self.debug(f"plan: {key}: {len(items)} operation(s)")
         return found
+
+    async def collect_sql(self, found: outcome.Outcome, opened: tunnel.Tunnel) -> None:
+        """``show-sql``: each pending (plan, check) or applied (migrate) migration's SQL, read with ``sqlmigrate``.
+
+        One more process where the command ran, within the run's timeout and under the lock the command
+        held, if any. Its failure is told in the log and leaves ``sql`` unknown; it never fails the run.
+        """
+        settings, result, runner = self.settings, self.result, self.shared.runner
+        keys = show_sql.wanted(settings.command, found)
+        if runner is None or keys is None:
+            self.debug("show-sql: the migration state is unknown, no SQL to collect")
+            return
+        if not keys:
+            result.sql = {}
+            self.debug("show-sql: no migration to collect the SQL of")
+            return
+        marker = show_sql.new_marker()
+        argv = show_sql.argv(settings.app.manage_py, marker, keys)
+        shown = f"show-sql: sqlmigrate of {len(keys)} migration(s)"
+        label = f"[{self.target.label}] " if self.target.label else ""
+        try:
+            code, output = await self.follow_up(runner, argv, shown, opened, conceal=marker)
+            collected = show_sql.read(output, marker, keys) if code == 0 else None
+        except (show_sql.UnreadableError, CommandError) as exc:
+            why = exc.message if isinstance(exc, CommandError) else str(exc)
+            self.console.warning(f"{label}show-sql: no SQL collected: {why}")
+            return
+        if collected is None:
+            self.console.warning(f"{label}show-sql: no SQL collected: sqlmigrate exited with code {code} (see its log)")
+            return
+        result.sql = {key: self.console.redact(sql) for key, sql in collected.items()}
+        self.say(f"show-sql: the SQL of {len(collected)} migration(s) is in the report")
+        self.debug(f"show-sql: {show_sql.sizes(result.sql)}")
 
 
 async def run_database(shared: Shared, target: Target) -> None:

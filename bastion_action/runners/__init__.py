@@ -59,6 +59,8 @@ def command_argv(settings: Settings) -> list[str]:
         args = ["migrate", "--noinput"]
         if settings.app.fake_initial:
             args.append("--fake-initial")
+        # Django times each migration only at verbosity 2; a -v in args comes later, and wins.
+        args += ["-v", "2"]
     elif command in {Command.PLAN, Command.CHECK}:
         args = ["migrate", "--plan"]
     else:

@@ -101,7 +101,7 @@ def test_a_migration_named_with_a_newline_and_a_command_forges_nothing(action, b
     assert [line for line in runner_commands(run.stdout) if not line.startswith("::add-mask::")] == [
         "::group::resolved inputs",
         "::endgroup::",
-        f"::group::{lab['runner_python']} manage.py migrate --noinput --fake-initial",
+        f"::group::{lab['runner_python']} manage.py migrate --noinput --fake-initial -v 2",
         "::endgroup::",
     ]
     assert set(run.outputs) <= set(OUTPUTS)

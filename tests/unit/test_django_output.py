@@ -33,6 +33,10 @@ def test_real_output(case: Path) -> None:
         assert migrations.pending(plan) == expected["pending"]
     elif kind == "migrate-plan":
         assert [m.key for m in migrations.parse_migrate_plan(text)] == expected["pending"]
+        if "operations" in expected:
+            operations = migrations.parse_migrate_plan_operations(text)
+            assert operations == expected["operations"]
+            assert list(operations) == expected["pending"]
     else:
         assert kind == "migrate"
         parsed = migrations.parse_migrate(text)
@@ -40,6 +44,9 @@ def test_real_output(case: Path) -> None:
         assert parsed.applied == expected["applied"]
         assert parsed.faked == expected.get("faked", [])
         assert parsed.failed == expected["failed"]
+        # Django times each migration only at verbosity 2; "timed" lists them in the order printed
+        assert list(parsed.seconds) == expected.get("timed", [])
+        assert all(0 <= seconds < 60 for seconds in parsed.seconds.values())
 
 
 def test_every_version_is_covered() -> None:

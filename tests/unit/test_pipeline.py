@@ -335,13 +335,16 @@ async def test_a_failing_command_reports_its_exit_code_and_what_it_applied(sshd,
     run = await execute(runner, sshd, postgres, name)
     assert isinstance(run.error, CommandError)
     assert run.error.message == (
-        "`manage.py migrate --noinput --fake-initial` exited with code 1 while applying catalog.0002_product_sku"
+        "`manage.py migrate --noinput --fake-initial -v 2` exited with code 1 while applying catalog.0002_product_sku"
     )
     assert run.error.exit_code == 1
     assert run.failed_migration == "catalog.0002_product_sku"
     assert run.applied == ["catalog.0001_initial"]
     assert run.pending == ["catalog.0002_product_sku"]  # from the follow-up `migrate --plan`
-    assert runner.argvs == [["manage.py", "migrate", "--noinput", "--fake-initial"], ["manage.py", "migrate", "--plan"]]
+    assert runner.argvs == [
+        ["manage.py", "migrate", "--noinput", "--fake-initial", "-v", "2"],
+        ["manage.py", "migrate", "--plan"],
+    ]
     assert run.exit_code == 1
     assert run.output_tail[-1] == "  Applying catalog.0002_product_sku...Traceback (most recent call last):"
 

@@ -51,8 +51,13 @@ class Collected:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        pytest.param({}, ["manage.py", "migrate", "--noinput", "--fake-initial"], id="migrate"),
-        pytest.param({"fake_initial": "false"}, ["manage.py", "migrate", "--noinput"], id="migrate-no-fake"),
+        pytest.param({}, ["manage.py", "migrate", "--noinput", "--fake-initial", "-v", "2"], id="migrate"),
+        pytest.param({"fake_initial": "false"}, ["manage.py", "migrate", "--noinput", "-v", "2"], id="migrate-no-fake"),
+        pytest.param(
+            {"args": "--verbosity 1"},
+            ["manage.py", "migrate", "--noinput", "--fake-initial", "-v", "2", "--verbosity", "1"],
+            id="migrate-own-verbosity-last",
+        ),
         pytest.param({"command": "plan"}, ["manage.py", "migrate", "--plan"], id="plan"),
         pytest.param({"command": "check"}, ["manage.py", "migrate", "--plan"], id="check"),
         pytest.param(

@@ -1,0 +1,193 @@
+"""Pure: the ``show-sql`` step, asking Django for each migration's SQL (``sqlmigrate``) and reading its answer.
+
+The step is one process through the command's runner: ``manage.py shell -c SCRIPT``,
+with the project's settings and the command's database URL. The script runs
+``sqlmigrate`` for each migration, capturing its output, and prints one JSON
+object, cut into lines of at most ``CHUNK_CHARS`` characters (a log line keeps
+64 Ki characters) that each start with a marker made fresh for the run::
+
+    <marker> 0 {"catalog.0001_initial": {"sql": "BEGIN;\\n...", "more": 0}, ...
+    <marker> 1 ...}
+    <marker> end 2 35112
+
+Whatever else the project prints comes before, in between, or not at all; it is
+untrusted, and so is everything here: ``read`` keeps only the migrations asked
+for, caps each one's SQL and the total again, and fails on anything malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+
+from bastion_action.outcome import Outcome
+from bastion_action.settings import Command
+
+PER_MIGRATION_BYTES = 64 * 1024
+TOTAL_BYTES = 512 * 1024
+CHUNK_CHARS = 16_000
+ERROR_CHARS = 1000
+
+
+def wanted(command: Command, found: Outcome) -> list[str] | None:
+    """The migrations whose SQL the report wants, in order; None when the state they come from is unknown.
+
+    ``plan`` and ``check``: the pending ones. ``migrate``: the ones it ran (not those it faked), and the one
+    it failed on. Other commands: none.
+    """
+    if command in {Command.PLAN, Command.CHECK}:
+        if found.planned is not None:  # in the order they would be applied
+            return list(found.planned)
+        return None if found.pending is None else list(found.pending)
+    if command is Command.MIGRATE:
+        if found.applied is None and found.failed_migration is None:
+            return None
+        keys = list(found.applied or [])
+        if found.failed_migration is not None and found.failed_migration not in keys:
+            keys.append(found.failed_migration)
+        return keys
+    return []
+
+
+def new_marker() -> str:
+    return f"bastion-migrate-sql-{secrets.token_hex(12)}"
+
+
+# Runs inside the project's Python (Django 3.2+, Python 3.8+): no comprehension may use the script's names
+# (``exec`` without globals on some versions), nothing newer than 3.8.
+_SCRIPT = """\
+import json, sys
+from io import StringIO
+from django.core.management import call_command
+marker, keys, per, total, chunk = {marker!r}, {keys!r}, {per}, {total}, {chunk}
+found, spent = {{}}, 0
+for key in keys:
+    if spent >= total:
+        found[key] = {{"skipped": True}}
+        continue
+    app, name = key.split(".", 1)
+    buffer = StringIO()
+    try:
+        call_command("sqlmigrate", app, name, stdout=buffer, no_color=True)
+    except Exception as exc:
+        found[key] = {{"error": ("%s: %s" % (type(exc).__name__, exc))[:{error}]}}
+        continue
+    data = buffer.getvalue().encode("utf-8", "replace")
+    room = min(per, total - spent)
+    found[key] = {{"sql": data[:room].decode("utf-8", "ignore"), "more": max(0, len(data) - room)}}
+    spent += min(len(data), room)
+text = json.dumps(found, ensure_ascii=True)
+sys.stdout.write("\\n")
+index = 0
+while index * chunk < len(text):
+    sys.stdout.write("%s %d %s\\n" % (marker, index, text[index * chunk : (index + 1) * chunk]))
+    index += 1
+sys.stdout.write("%s end %d %d\\n" % (marker, index, len(text)))
+sys.stdout.flush()
+"""
+
+
+def script(marker: str, keys: Sequence[str]) -> str:
+    """The Python source ``manage.py shell -c`` runs: ``sqlmigrate`` for each ``app.name`` in ``keys``."""
+    return _SCRIPT.format(
+        marker=marker,
+        keys=list(keys),
+        per=PER_MIGRATION_BYTES,
+        total=TOTAL_BYTES,
+        chunk=CHUNK_CHARS,
+        error=ERROR_CHARS,
+    )
+
+
+def argv(manage_py: str, marker: str, keys: Sequence[str]) -> list[str]:
+    """The step's command line after the interpreter."""
+    return [manage_py, "shell", "-v", "0", "-c", script(marker, keys)]
+
+
+class UnreadableError(ValueError):
+    """The step's output held no whole, well-formed answer; the message says what was wrong."""
+
+
+def _kib(size: int) -> str:
+    return f"{size // 1024} KiB"
+
+
+def not_collected(more: int) -> str:
+    return f"\n-- … [{more:,} more bytes not collected: show-sql keeps {_kib(PER_MIGRATION_BYTES)} per migration]\n"
+
+
+SKIPPED = f"-- [not collected: show-sql keeps {_kib(TOTAL_BYTES)} of SQL in all]\n"
+
+
+def _clean(text: str) -> bytes:
+    """UTF-8 of ``text``; a lone surrogate (an undecodable byte Python kept) becomes ``?``."""
+    return text.encode("utf-8", "replace")
+
+
+def _answer(marker: str, text: str) -> object:
+    prefix = marker + " "
+    pieces: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        index, _, rest = line[len(prefix) :].partition(" ")
+        if index == "end":
+            count, _, length = rest.partition(" ")
+            document = "".join(pieces)
+            if count != str(len(pieces)) or length != str(len(document)):
+                msg = f"its result lines do not add up ({len(pieces)} line(s), {len(document):,} characters)"
+                raise UnreadableError(msg)
+            try:
+                return json.loads(document)
+            except ValueError as exc:
+                msg = f"its result is not JSON ({exc})"
+                raise UnreadableError(msg) from None
+        if index != str(len(pieces)):
+            msg = f"its result line {len(pieces)} is missing or out of order"
+            raise UnreadableError(msg)
+        pieces.append(rest)
+    msg = "it printed no result" if not pieces else "its result ended before its last line"
+    raise UnreadableError(msg)
+
+
+def read(text: str, marker: str, keys: Sequence[str]) -> dict[str, str]:
+    """Each asked-for migration's SQL from the step's output, in the order asked, capped again.
+
+    A migration ``sqlmigrate`` failed on gets a ``-- sqlmigrate failed: ...`` comment instead; one past
+    the total cap, a comment saying so. Raises ``UnreadableError`` when no whole answer is there.
+    """
+    answer = _answer(marker, text)
+    if not isinstance(answer, dict):
+        msg = "its result is not a JSON object"
+        raise UnreadableError(msg)
+    collected: dict[str, str] = {}
+    spent = 0
+    for key in keys:
+        entry = answer.get(key)
+        if not isinstance(entry, dict):
+            msg = f"its result has no entry for {key}"
+            raise UnreadableError(msg)
+        if entry.get("skipped") is True or spent >= TOTAL_BYTES:
+            collected[key] = SKIPPED
+            continue
+        error = entry.get("error")
+        if isinstance(error, str):
+            collected[key] = "-- sqlmigrate failed: " + " ".join(_clean(error[:ERROR_CHARS]).decode().split()) + "\n"
+            continue
+        sql, more = entry.get("sql"), entry.get("more")
+        if not isinstance(sql, str) or not isinstance(more, int) or isinstance(more, bool) or more < 0:
+            msg = f"its entry for {key} is malformed"
+            raise UnreadableError(msg)
+        data = _clean(sql)
+        room = min(PER_MIGRATION_BYTES, TOTAL_BYTES - spent)
+        kept = data[:room].decode("utf-8", "ignore")
+        more += len(data) - len(kept.encode())
+        spent += len(kept.encode())
+        collected[key] = kept + not_collected(more) if more else kept
+    return collected
+
+
+def sizes(collected: dict[str, str]) -> str:
+    """``catalog.0001_initial 412 B, orders.0001_initial 1,024 B`` for the debug log."""
+    return ", ".join(f"{key} {len(sql.encode()):,} B" for key, sql in collected.items())
