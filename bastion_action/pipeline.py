@@ -178,9 +178,10 @@ class _Run:
             on_runner = local.prepare(settings, os.environ) if settings.mode.on_runner else None
         if not settings.mode.in_image:
             return on_runner, None, None
-        from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
+        with self.clock.stage_of(Stage.PULL):  # the Docker client's import and the daemon's answer
+            from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
 
-        daemon = await stack.enter_async_context(docker.connect())
+            daemon = await stack.enter_async_context(docker.connect())
         # A present image's container starts at once (the registry waits for `validated`); the recipe
         # logs in, pulls, then tunnels: here the pull overlaps the tunnel and the probe.
         pulling = asyncio.ensure_future(_pull(daemon, settings, self.console, self.clock, self.validated))

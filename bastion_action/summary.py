@@ -283,9 +283,24 @@ def mermaid_name(name: str) -> str:
     return _MERMAID_NAME.sub("_", name)[:60] or "_"
 
 
+COALESCE_SECONDS = 0.01  # a stage entered again this soon after it ended is drawn as one bar
+
+
+def coalesced(spans: list[Span]) -> list[Span]:
+    """Spans of one stage that touch (the settings checked in steps, a tunnel's set-up and its gate) as one."""
+    bars: list[Span] = []
+    for span in sorted(spans, key=lambda span: span.start):
+        same = next((at for at in range(len(bars) - 1, -1, -1) if bars[at].stage == span.stage), None)
+        if same is not None and span.start - bars[same].end <= COALESCE_SECONDS:
+            bars[same] = Span(span.stage, bars[same].start, max(bars[same].end, span.end))
+        else:
+            bars.append(span)
+    return bars
+
+
 def _rows(run: RunResult) -> list[tuple[str, list[Span]]]:
-    rows = [("run", run.spans)] if run.spans else []
-    rows += [(f"db {target.database}", target.spans) for target in run.targets or [] if target.spans]
+    rows = [("run", coalesced(run.spans))] if run.spans else []
+    rows += [(f"db {target.database}", coalesced(target.spans)) for target in run.targets or [] if target.spans]
     return rows
 
 

@@ -196,3 +196,14 @@ def test_the_json_report_follows_its_schema(shape: str) -> None:
 
 def test_the_schema_is_itself_valid() -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+def test_spans_of_a_stage_that_touch_are_drawn_as_one_bar() -> None:
+    spans = [Span("settings", 0, 0.001), Span("settings", 0.0005, 0.002), Span("pull", 0.1, 0.2)]
+    spans += [Span("settings", 0.105, 0.3), Span("tunnel", 0.3, 0.4), Span("tunnel", 0.405, 0.41)]
+    assert summary.coalesced(spans) == [
+        Span("settings", 0, 0.002),
+        Span("pull", 0.1, 0.2),
+        Span("settings", 0.105, 0.3),
+        Span("tunnel", 0.3, 0.41),
+    ]
