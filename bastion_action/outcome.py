@@ -64,7 +64,11 @@ def interpret(
             return UNKNOWN
     elif migrations.has_plan(output):  # plan, check
         operations = migrations.parse_migrate_plan_operations(output)
-        apps = migrations.state_from_database(after, migrations.parse_migrate_plan(output))
+        plan = migrations.parse_migrate_plan(output)
+        apps = migrations.state_from_database(after, plan)
+        return Outcome(
+            applied=[], faked=[], unapplied=[], migrations=apps, pending=_pending(apps, plan), planned=operations
+        )
     else:
         return UNKNOWN
     return Outcome(applied=[], faked=[], unapplied=[], migrations=apps, pending=_pending(apps), planned=operations)
@@ -76,24 +80,28 @@ def _migrate(output: str, before: Rows | None, after: Rows, planned: str | None,
         return dataclasses.replace(UNKNOWN, failed_migration=printed.failed, seconds=printed.seconds)
     fake = set(printed.faked)
     recorded = migrations.applied_since(before, after)
-    apps = None
+    apps, plan = None, []
     if planned is None and exit_code == 0:  # migrate ran to its end with no target: nothing is left
         apps = migrations.state_from_database(after, [])
     elif planned is not None and migrations.has_plan(planned):
-        apps = migrations.state_from_database(after, migrations.parse_migrate_plan(planned))
+        plan = migrations.parse_migrate_plan(planned)
+        apps = migrations.state_from_database(after, plan)
     return Outcome(
         applied=[key for key in recorded if key not in fake],
         faked=[key for key in recorded if key in fake],
         unapplied=migrations.removed_since(before, after),
         migrations=apps,
-        pending=None if apps is None else _pending(apps),
+        pending=None if apps is None else _pending(apps, plan),
         failed_migration=printed.failed,
         seconds=printed.seconds,
     )
 
 
-def _pending(apps: dict[str, list[Migration]]) -> list[str]:
-    return migrations.pending(item for items in apps.values() for item in items)
+def _pending(apps: dict[str, list[Migration]], plan: Sequence[Migration] = ()) -> list[str]:
+    """The pending migrations in apply order when Django's plan is known (else app by app, as Django lists them)."""
+    left = migrations.pending(item for items in apps.values() for item in items)
+    ordered = [migration.key for migration in plan if migration.key in set(left)]
+    return ordered + [key for key in left if key not in set(ordered)]
 
 
 # PostgreSQL's own words when a server-side bound of the command's sessions fires, and what to say about it.

@@ -27,7 +27,8 @@ OUTPUTS: dict[str, str] = {
     "unapplied-count": "Number of migrations this run unapplied; empty when the state could not be read.",
     "unapplied": "JSON list of the migrations this run unapplied (rows it removed from django_migrations).",
     "pending-count": "Number of migrations not applied after the run; empty when the state could not be read.",
-    "pending": "JSON list of the migrations not applied after the run, in apply order.",
+    "pending": "JSON list of the migrations not applied after the run, in apply order "
+    "(showmigrations: app by app, as Django lists them).",
     "migrations": 'JSON of the whole state: {"app": [{"name": ..., "applied": true|false, "state": ...}]}.',
     "lock-wait-seconds": "Seconds spent waiting for the migration lock.",
     "databases": "Fan-out: JSON of each database's outputs, by database name.",
