@@ -69,6 +69,9 @@ INSTALLED_APPS = [
     "orders",
     "audit",
 ]
+# Optional apps for particular tests, off unless named (comma-separated): ``ledger`` (a history with a
+# migration that cannot be undone).
+INSTALLED_APPS += [name.strip() for name in os.environ.get("SAMPLE_EXTRA_APPS", "").split(",") if name.strip()]
 MIDDLEWARE = []
 TEMPLATES = []
 ROOT_URLCONF = "sampleproject.urls"
