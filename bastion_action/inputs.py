@@ -57,7 +57,8 @@ INPUTS: tuple[InputSpec, ...] = (
     ),
     InputSpec(
         "command",
-        "showmigrations | plan | check | migrate | probe | custom (custom: the command line is in args).",
+        "showmigrations | plan | check | migrate | rollback | probe | custom (custom: the command line is in args; "
+        "rollback: migrate each app back to rollback-targets).",
         "showmigrations",
         in_file=True,
     ),
@@ -188,6 +189,14 @@ INPUTS: tuple[InputSpec, ...] = (
     ),
     InputSpec("fake-initial", "Pass --fake-initial to migrate (true/false).", "true", in_file=True),
     InputSpec(
+        # Not in the file: what to roll back to is one run's, the output of the migrate step it undoes.
+        "rollback-targets",
+        'command: rollback: JSON of app -> the migration to go back to, or "zero" (a migrate step\'s '
+        "rollback-targets output); with databases, one such object per database name. Nothing is unapplied when "
+        "any migration on the way back is irreversible.",
+        multi_line=True,
+    ),
+    InputSpec(
         "show-sql",
         "Also collect each pending (plan, check) or applied (migrate) migration's SQL with sqlmigrate for the step "
         "summary and the JSON report (true/false); each migration's SQL is capped at 64 KiB, all of it at 512 KiB.",
@@ -204,7 +213,7 @@ INPUTS: tuple[InputSpec, ...] = (
     ),
     InputSpec(
         "lock",
-        "Take the database's migration lock: auto (migrate and custom), true or false.",
+        "Take the database's migration lock: auto (migrate, rollback and custom), true or false.",
         "auto",
         in_file=True,
     ),

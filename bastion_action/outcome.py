@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from bastion_action import migrations
 from bastion_action.errors import CommandError, PendingMigrationsError
-from bastion_action.migrations import Migration
+from bastion_action.migrations import Migration, State
+from bastion_action.rollback import Check
 from bastion_action.settings import Command
 
 SHOWN_PENDING = 20
@@ -92,6 +93,27 @@ def _migrate(output: str, before: Rows | None, after: Rows, planned: str | None,
         unapplied=migrations.removed_since(before, after),
         migrations=apps,
         pending=None if apps is None else _pending(apps, plan),
+        failed_migration=printed.failed,
+        seconds=printed.seconds,
+    )
+
+
+def rolled_back(output: str, before: Rows | None, after: Rows, check: Check | None) -> Outcome:
+    """A rollback's results: the rows it removed (and any it added), the state after from its step's answer."""
+    printed = migrations.parse_migrate(output)
+    if before is None:
+        return dataclasses.replace(UNKNOWN, failed_migration=printed.failed, seconds=printed.seconds)
+    apps = pending = None
+    if check is not None and check.pending is not None:
+        pending = list(check.pending)
+        left = [Migration(app, name, State.PENDING) for app, _, name in (key.partition(".") for key in pending)]
+        apps = migrations.state_from_database(after, left)
+    return Outcome(
+        applied=migrations.applied_since(before, after),
+        faked=[],
+        unapplied=migrations.removed_since(before, after),
+        migrations=apps,
+        pending=pending,
         failed_migration=printed.failed,
         seconds=printed.seconds,
     )

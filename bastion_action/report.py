@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from bastion_action.errors import ActionError
 from bastion_action.migrations import Migration, as_json
+from bastion_action.rollback import Irreversible, dumps
 from bastion_action.settings import Command
 
 TAIL_LINES = 30
@@ -30,6 +31,9 @@ OUTPUTS: dict[str, str] = {
     "pending": "JSON list of the migrations not applied after the run, in apply order "
     "(showmigrations: app by app, as Django lists them).",
     "migrations": 'JSON of the whole state: {"app": [{"name": ..., "applied": true|false, "state": ...}]}.',
+    "rollback-targets": 'migrate: JSON of each app this run changed -> the migration it was at before, or "zero" '
+    "({} when it changed nothing); with databases, one such object per database name. "
+    "The rollback-targets input of command: rollback takes it as it is.",
     "lock-wait-seconds": "Seconds spent waiting for the migration lock.",
     "databases": "Fan-out: JSON of each database's outputs, by database name.",
     "duration-seconds": "Wall time of the run in decimal seconds.",
@@ -170,6 +174,11 @@ class RunResult:
     migration_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     planned: dict[str, list[str]] | None = None  # plan/check: each pending migration's operations, in order
     sql: dict[str, str] | None = None  # show-sql: each pending or applied migration's SQL (sqlmigrate)
+    # migrate: each app whose rows changed -> its migration before the run, or "zero" (None: not known)
+    rollback_targets: dict[str, str] | None = None
+    rollback_asked: dict[str, str] | None = None  # rollback: the targets it was given
+    rollback_plan: list[str] | None = None  # rollback: Django's backwards plan, in order (None: not read)
+    irreversible: list[Irreversible] = dataclasses.field(default_factory=list)  # rollback: what stopped it
 
     @property
     def state_unknown(self) -> bool:
@@ -200,6 +209,8 @@ def _target_outputs(run: RunResult) -> dict[str, object]:
         values |= {f"{name}-count": len(items), name: items}
     if run.lock_wait is not None:
         values["lock-wait-seconds"] = round(run.lock_wait, 3)
+    if run.rollback_targets is not None:
+        values["rollback-targets"] = run.rollback_targets
     if run.error is not None:
         values["error"] = f"{run.error.stage.value}: {run.error.message}"
     return values
@@ -219,6 +230,11 @@ def _fan_out_outputs(run: RunResult) -> dict[str, str]:
             values[f"{name}-count"] = str(sum(len(items) for items in known))
     if run.image_digest:
         values["image-digest"] = run.image_digest
+    rollback_targets = {
+        target.database or "": target.rollback_targets for target in targets if target.rollback_targets is not None
+    }
+    if rollback_targets:
+        values["rollback-targets"] = dumps(rollback_targets)
     return values
 
 
@@ -244,6 +260,8 @@ def outputs(run: RunResult) -> dict[str, str]:
         values["migrations"] = json.dumps(as_json(run.migrations), separators=(",", ":"))
     if run.lock_wait is not None:
         values["lock-wait-seconds"] = f"{run.lock_wait:.3f}"
+    if run.rollback_targets is not None:
+        values["rollback-targets"] = dumps(run.rollback_targets)
     return values
 
 
@@ -294,6 +312,17 @@ def _database_document(run: RunResult) -> dict[str, object]:
             "seconds": {key: round(seconds, 4) for key, seconds in run.migration_seconds.items()},
             "planned": run.planned,
             "sql": run.sql,
+        },
+        "rollback_targets": run.rollback_targets,
+        "rollback": None
+        if run.rollback_asked is None
+        else {
+            "targets": run.rollback_asked,
+            "plan": run.rollback_plan,
+            "irreversible": [
+                {"migration": item.migration, "operation": item.operation, "description": item.description}
+                for item in run.irreversible
+            ],
         },
         "stages": {stage: round(seconds, 4) for stage, seconds in run.timings.items()},
         "timeline": [

@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from bastion_action import sources
+from bastion_action import rollback, sources
 from bastion_action.errors import SettingsError, SettingsProblems, input_error
 from bastion_action.inputs import (
     DEFAULT_ORIGIN,
@@ -82,6 +82,7 @@ class Command(enum.StrEnum):
     PLAN = "plan"
     CHECK = "check"
     MIGRATE = "migrate"
+    ROLLBACK = "rollback"  # migrate each app back to its rollback-targets entry, after checking the way back
     CUSTOM = "custom"
 
     @property
@@ -137,6 +138,7 @@ class DatabaseSettings:
     sslmode: str
     local_port: int
     sslrootcert: str | None = None  # PEM text of the CA; given exactly when sslmode is verify-ca or verify-full
+    rollback_targets: tuple[tuple[str, str], ...] = ()  # command: rollback: (app, migration or "zero") for this one
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)  # as SSHSettings'
 
     def source(self, *names: str) -> str:
@@ -533,11 +535,13 @@ def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]
             )
         )
     lock_text = read.text("lock").lower()
-    lock = command in {Command.MIGRATE, Command.CUSTOM} if lock_text == "auto" else read.boolean("lock")
+    mutating = {Command.MIGRATE, Command.ROLLBACK, Command.CUSTOM}
+    lock = command in mutating if lock_text == "auto" else read.boolean("lock")
     ssh = _ssh_settings(read)
     db = _db_settings(read)
     fan_out = read.attempt(lambda: parse_databases(read.text("databases"), db.host, db.port), ())
     targets = tuple(dataclasses.replace(db, host=target.host, port=target.port, name=target.name) for target in fan_out)
+    db, targets = _rollback_targets(read, command, db, targets)
     concurrency_text = read.text("concurrency")
     concurrency = 1
     if not re.fullmatch(r"[0-9]{1,2}", concurrency_text) or not 1 <= int(concurrency_text) <= 32:  # noqa: PLR2004
@@ -605,6 +609,45 @@ def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]
         lock_break_stale=break_stale,
         secrets=secrets,
         show_sql=show_sql,
+    )
+
+
+def _rollback_targets(
+    read: Reader, command: Command, db: DatabaseSettings, targets: tuple[DatabaseSettings, ...]
+) -> tuple[DatabaseSettings, tuple[DatabaseSettings, ...]]:
+    """``rollback-targets``: required with command: rollback (one object, or one per database), else not given."""
+    text = read.text(rollback.INPUT).strip()
+    if command is not Command.ROLLBACK or read.failed("command", "databases"):
+        if text and not read.failed("command"):
+            read.problem(input_error(rollback.INPUT, "nothing unless command is rollback", text[:60]))
+        return db, targets
+    if not text:
+        read.problem(
+            SettingsError(
+                f"{rollback.INPUT}: required with command: rollback, expected the JSON a migrate step's "
+                "rollback-targets output holds, got nothing" + read.unset(rollback.INPUT),
+                hint="Pass the migrate step's output: rollback-targets: ${{ steps.migrate.outputs.rollback-targets }}.",
+                inputs=(rollback.INPUT,),
+            )
+        )
+        return db, targets
+    if read.text("args").strip():
+        read.problem(input_error("args", "nothing with command: rollback (rollback-targets says what to do)"))
+    if not targets:
+        return dataclasses.replace(db, rollback_targets=read.attempt(lambda: rollback.parse(text), ())), targets
+    names = [target.name for target in targets]
+    if len(set(names)) < len(names):
+        read.problem(
+            SettingsError(
+                "databases: expected distinct database names with command: rollback (rollback-targets are by name)",
+                hint="Roll back the databases that share a name in separate steps.",
+                inputs=("databases", rollback.INPUT),
+            )
+        )
+        return db, targets
+    per_database = read.attempt(lambda: rollback.parse_fan_out(text, names), {})
+    return db, tuple(
+        dataclasses.replace(target, rollback_targets=per_database.get(target.name, ())) for target in targets
     )
 
 

@@ -15,11 +15,13 @@ from collections.abc import Iterable
 from bastion_action.errors import ActionError
 from bastion_action.migrations import State
 from bastion_action.report import TAIL_LINE_CHARS, Result, RunContext, RunResult, Span, known_lists
+from bastion_action.rollback import dumps
 
 TROUBLESHOOTING = "docs/troubleshooting.md"
 SLOWEST_SHOWN = 3
 SQL_SHOWN_CHARACTERS = 20_000  # per migration in the summary; the JSON report keeps what was collected
 OPERATIONS_SHOWN = 50  # per migration
+WAY_BACK_SHOWN = 50  # migrations of a rollback's plan
 
 _ICONS = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}
 _LISTS_SHOWN = ("applied", "pending", "faked", "unapplied")  # fan-out table columns
@@ -273,6 +275,71 @@ def _sql(run: RunResult) -> list[str]:
     return lines
 
 
+# -- rolling back ---------------------------------------------------------------------------------
+
+
+def fenced(lines: list[str], info: str = "") -> list[str]:
+    """A fenced code block of untrusted lines: the fence is longer than any backtick run in them, so none ends it."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}{info}", *(_one_line(line) for line in lines), fence]
+
+
+def yaml_quoted(value: str) -> str:
+    """A YAML single-quoted scalar: nothing is special inside but the quote, written twice."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def rollback_snippet(run: RunResult) -> list[str]:
+    """After a migrate that changed something: the exact inputs that undo it (its rollback-targets output)."""
+    if run.targets is not None:
+        known = {
+            target.database or "": target.rollback_targets
+            for target in run.targets
+            if target.rollback_targets is not None
+        }
+        if not any(known.values()):
+            return []
+        value, same = dumps(known), "the same databases and code"
+    else:
+        if not run.rollback_targets:
+            return []
+        value, same = dumps(run.rollback_targets), "the same code"
+    lead = (
+        f"**To roll back** what this run applied, run the action again with {same} and these inputs "
+        "(its `rollback-targets` output); nothing is unapplied if a migration on the way back is irreversible:"
+    )
+    return [
+        "",
+        lead,
+        "",
+        *fenced(["command: rollback", f"rollback-targets: {yaml_quoted(value)}"], "yaml"),
+    ]
+
+
+def _way_back(run: RunResult) -> list[str]:
+    """A rollback's targets and the way back Django planned, the irreversible steps on it marked."""
+    if run.rollback_asked is None:
+        return []
+    asked = ", ".join(f"{text(app)} → {code(name)}" for app, name in run.rollback_asked.items())
+    lines = ["", f"**Rollback targets:** {asked or 'none (nothing to roll back)'}."]
+    plan = run.rollback_plan
+    if not plan:
+        return lines
+    blocked = {item.migration: item for item in run.irreversible}
+    if blocked:
+        lines += ["", "**The way back** crosses an irreversible migration, so nothing was unapplied:", ""]
+    else:
+        lines += ["", f"**The way back**, as Django planned it: {len(plan)} migration(s) to unapply, in order:", ""]
+    for key in plan[:WAY_BACK_SHOWN]:
+        item = blocked.get(key)
+        mark = f" — ⛔ irreversible: {text(item.operation)}, {text(item.description)}" if item else ""
+        lines.append(f"- {code(key)}{mark}")
+    if len(plan) > WAY_BACK_SHOWN:
+        lines.append(f"- … and {len(plan) - WAY_BACK_SHOWN} more (the JSON report has them all)")
+    return lines
+
+
 # -- where the time went --------------------------------------------------------------------------
 
 _MERMAID_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -341,7 +408,9 @@ def markdown(run: RunResult) -> str:
     lines += _lead(run)
     lines += _facts(run)
     lines += _targets_table(run)
+    lines += _way_back(run)
     lines += _migrations_table(run)
+    lines += rollback_snippet(run)
     lines += _planned(run)
     lines += _sql(run)
     if run.drift:

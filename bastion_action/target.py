@@ -17,7 +17,7 @@ import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bastion_action import aio, cafile, outcome, show_sql
+from bastion_action import aio, cafile, django_shell, outcome, rollback, show_sql
 from bastion_action.clock import Clock
 from bastion_action.errors import CommandError, PendingMigrationsError, Stage, TunnelError
 from bastion_action.gha import Console
@@ -123,6 +123,8 @@ class _Database:
         self.clock = target.clock
         self.url = url  # the command's DATABASE_URL: the gate's port, and the CA file when there is one
         self.main: Launched | None = None
+        self.marker = ""  # rollback: the marker of its step's answer
+        self.check: rollback.Check | None = None  # rollback: what its step answered
 
     def say(self, text: str) -> None:
         label = self.target.label
@@ -139,9 +141,22 @@ class _Database:
 
     def launch_main(self) -> None:
         runner = self.shared.runner
-        if runner is not None and self.main is None:
-            argv = command_argv(self.settings)
-            self.main = self.launch(runner, argv, title(self.settings, runner, argv))
+        if runner is None or self.main is not None:
+            return
+        if self.settings.command is Command.ROLLBACK:
+            targets = self.target.db.rollback_targets
+            self.result.rollback_asked = dict(targets)
+            self.marker = rollback.new_marker()
+            argv = rollback.argv(self.settings.app.manage_py, self.marker, targets)
+            where = f"{runner.where}: " if runner.where else ""
+            shown = (
+                f"{where}rollback to {rollback.describe(targets)}: the way back checked, then migrate per app "
+                f"({runner.interpreter()} {self.settings.app.manage_py} shell)"
+            )
+            self.main = self.launch(runner, argv, shown, conceal=self.marker)
+            return
+        argv = command_argv(self.settings)
+        self.main = self.launch(runner, argv, title(self.settings, runner, argv))
 
     async def follow_up(
         self, runner: Runner, argv: list[str], shown: str, opened: tunnel.Tunnel, conceal: str = ""
@@ -219,8 +234,9 @@ class _Database:
         with self.clock.stage_of(Stage.COMMAND):
             try:
                 result.exit_code = await while_tunnel_up(self.main.wait(), opened)
-            finally:  # the summary shows the tail of the user's command, not of follow-ups
-                result.output_tail = [self.console.redact(line) for line in list(self.main.output)[-TAIL_LINES:]]
+            finally:  # the summary shows the tail of the user's command, not of follow-ups nor a step's answer
+                shown = [line for line in self.main.output if not (self.marker and line.startswith(self.marker))]
+                result.output_tail = [self.console.redact(line) for line in shown[-TAIL_LINES:]]
             output = "\n".join(self.main.output)
             self.debug(f"command: exit code {result.exit_code}, {len(self.main.output)} line(s) kept for the results")
             second = self.shared.second
@@ -236,7 +252,10 @@ class _Database:
         found = await self.results(opened, session, before, output) if settings.command.django else None
         if found is not None and settings.show_sql:
             await self.collect_sql(found, opened)
-        failure = outcome.verdict(settings.command, command_argv(settings), result.exit_code, found, output)
+        if settings.command is Command.ROLLBACK:
+            failure = self.rollback_verdict(found, output)
+        else:
+            failure = outcome.verdict(settings.command, command_argv(settings), result.exit_code, found, output)
         if isinstance(failure, PendingMigrationsError):
             result.exit_code = 1
         if failure is not None:
@@ -248,6 +267,10 @@ class _Database:
         """Structured results: what the database recorded, what Django printed."""
         settings, result = self.settings, self.result
         after = await session.snapshot()
+        if settings.command is Command.ROLLBACK:
+            return self.rollback_results(before, after, output)
+        if settings.command is Command.MIGRATE and before is not None:
+            result.rollback_targets = rollback.from_rows(before, after)
         planned = None
         assert result.exit_code is not None  # noqa: S101 - the command has ended
         if self.shared.runner is not None and outcome.needs_plan(settings.command, result.exit_code, settings.args):
@@ -270,6 +293,43 @@ class _Database:
             for key, items in found.planned.items():
                 self.debug(f"plan: {key}: {len(items)} operation(s)")
         return found
+
+    def rollback_results(
+        self, before: list[tuple[str, str]] | None, after: list[tuple[str, str]], output: str
+    ) -> outcome.Outcome:
+        """A rollback's results: its step's answer (the way back, what is left) and the rows it removed."""
+        result = self.result
+        try:
+            self.check = rollback.read(output, self.marker)
+        except django_shell.UnreadableError as exc:
+            self.debug(f"rollback: its answer could not be read: {exc}")
+        check = self.check
+        if check is not None:
+            result.rollback_plan, result.irreversible = check.plan, check.irreversible
+            self.debug(f"rollback: the way back unapplies {len(check.plan)} migration(s): {', '.join(check.plan)}")
+        found = outcome.rolled_back(output, before, after, check)
+        result.applied, result.faked, result.unapplied = found.applied, found.faked, found.unapplied
+        result.migrations, result.pending = found.migrations, found.pending
+        result.failed_migration = found.failed_migration
+        result.migration_seconds = dict(found.seconds)
+        return found
+
+    def rollback_verdict(self, found: outcome.Outcome | None, output: str) -> CommandError | None:
+        """The step's refusal (nothing unapplied), else the failure of a migrate it ran, else its unreadable answer."""
+        check, exit_code = self.check, self.result.exit_code
+        assert exit_code is not None  # noqa: S101 - the command has ended
+        if check is not None and check.refused:
+            return rollback.refusal(check)
+        manage_py = self.settings.app.manage_py
+        argv = ["; ".join(f"{manage_py} migrate {app} {name}" for app, name in self.target.db.rollback_targets)]
+        failure = outcome.verdict(Command.ROLLBACK, argv, exit_code, found, output)
+        if failure is None and check is None:
+            return CommandError(
+                "rollback: the step's answer could not be read, so what it did is not known",
+                hint="The rows it removed are in the summary; run showmigrations to see the state.",
+                exit_code=1,
+            )
+        return failure
 
     async def collect_sql(self, found: outcome.Outcome, opened: tunnel.Tunnel) -> None:
         """``show-sql``: each pending (plan, check) or applied (migrate) migration's SQL, read with ``sqlmigrate``.

@@ -65,6 +65,7 @@ def test_the_multi_line_inputs_are_the_texts_lists_and_scripts() -> None:
         "ssh-jump-hosts",
         "databases",
         "extra-env",
+        "rollback-targets",
     }
 
 
