@@ -7,6 +7,7 @@ import enum
 import json
 from collections.abc import Mapping
 
+from bastion_action import lint
 from bastion_action.errors import ActionError
 from bastion_action.migrations import Migration, as_json
 from bastion_action.settings import Command
@@ -33,6 +34,10 @@ OUTPUTS: dict[str, str] = {
     "lock-wait-seconds": "Seconds spent waiting for the migration lock.",
     "databases": "Fan-out: JSON of each database's outputs, by database name.",
     "duration-seconds": "Wall time of the run in decimal seconds.",
+    "risk": "lint: none | low | medium | high, the riskiest finding not acknowledged (fan-out: of every "
+    "database); empty when no lint ran.",
+    "risk-report": 'lint: JSON {"risk", "thresholds", "findings": [{"database", "migration", "operation", "rule", '
+    '"risk", "acknowledged", "table", "rows", "bytes", "file", "line", "safer", "docs", ...}], "unread"}.',
     "report-path": "Path of the run's JSON report (schema: docs/report.schema.json), for later steps; "
     "in $RUNNER_TEMP, so a later job needs actions/upload-artifact.",
 }
@@ -170,6 +175,7 @@ class RunResult:
     migration_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     planned: dict[str, list[str]] | None = None  # plan/check: each pending migration's operations, in order
     sql: dict[str, str] | None = None  # show-sql: each pending or applied migration's SQL (sqlmigrate)
+    lint: lint.Report | None = None  # the pending migrations' hazards, weighed; None: no lint ran
 
     @property
     def state_unknown(self) -> bool:
@@ -202,7 +208,33 @@ def _target_outputs(run: RunResult) -> dict[str, object]:
         values["lock-wait-seconds"] = round(run.lock_wait, 3)
     if run.error is not None:
         values["error"] = f"{run.error.stage.value}: {run.error.message}"
+    if run.lint is not None:
+        values["risk"] = run.lint.risk.value
     return values
+
+
+def lint_document(run: RunResult) -> dict[str, object] | None:
+    """The risk-report output: one database's lint, or every database's findings together (fan-out)."""
+    if run.targets is None:
+        return None if run.lint is None else lint.document(run.lint, run.database)
+    linted = [target for target in run.targets if target.lint is not None]
+    if not linted:
+        return None
+    documents = [lint.document(target.lint, target.database) for target in linted if target.lint is not None]
+    first = documents[0]
+    return {
+        "risk": lint.highest(target.lint.risk for target in linted if target.lint is not None).value,
+        "thresholds": first["thresholds"],
+        "findings": [finding for document in documents for finding in document["findings"]],  # type: ignore[attr-defined]
+        "unread": [item for document in documents for item in document["unread"]],  # type: ignore[attr-defined]
+    }
+
+
+def _lint_outputs(run: RunResult) -> dict[str, str]:
+    document = lint_document(run)
+    if document is None:
+        return {}
+    return {"risk": str(document["risk"]), "risk-report": json.dumps(document, separators=(",", ":"))}
 
 
 def _fan_out_outputs(run: RunResult) -> dict[str, str]:
@@ -219,7 +251,7 @@ def _fan_out_outputs(run: RunResult) -> dict[str, str]:
             values[f"{name}-count"] = str(sum(len(items) for items in known))
     if run.image_digest:
         values["image-digest"] = run.image_digest
-    return values
+    return values | _lint_outputs(run)
 
 
 def outputs(run: RunResult) -> dict[str, str]:
@@ -244,7 +276,7 @@ def outputs(run: RunResult) -> dict[str, str]:
         values["migrations"] = json.dumps(as_json(run.migrations), separators=(",", ":"))
     if run.lock_wait is not None:
         values["lock-wait-seconds"] = f"{run.lock_wait:.3f}"
-    return values
+    return values | _lint_outputs(run)
 
 
 def _error_document(error: ActionError | None) -> dict[str, object] | None:
@@ -300,6 +332,7 @@ def _database_document(run: RunResult) -> dict[str, object]:
             {"stage": span.stage, "start": round(span.start, 4), "end": round(span.end, 4)} for span in run.spans
         ],
         "output_tail": run.output_tail,
+        "lint": None if run.lint is None else lint.document(run.lint, run.database),
     }
 
 

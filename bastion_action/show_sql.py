@@ -2,25 +2,18 @@
 
 The step is one process through the command's runner: ``manage.py shell -c SCRIPT``,
 with the project's settings and the command's database URL. The script runs
-``sqlmigrate`` for each migration, capturing its output, and prints one JSON
-object, cut into lines of at most ``CHUNK_CHARS`` characters (a log line keeps
-64 Ki characters) that each start with a marker made fresh for the run::
+``sqlmigrate`` for each migration, capturing its output, and answers as
+``answers`` says (marked lines, hidden from the log).
 
-    <marker> 0 {"catalog.0001_initial": {"sql": "BEGIN;\\n...", "more": 0}, ...
-    <marker> 1 ...}
-    <marker> end 2 35112
-
-Whatever else the project prints comes before, in between, or not at all; it is
-untrusted, and so is everything here: ``read`` keeps only the migrations asked
-for, caps each one's SQL and the total again, and fails on anything malformed.
+Its answer is untrusted: ``read`` keeps only the migrations asked for, caps each
+one's SQL and the total again, and fails on anything malformed.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
 from collections.abc import Sequence
 
+from bastion_action import answers
 from bastion_action.outcome import Outcome
 from bastion_action.settings import Command
 
@@ -33,10 +26,10 @@ ERROR_CHARS = 1000
 def wanted(command: Command, found: Outcome) -> list[str] | None:
     """The migrations whose SQL the report wants, in order; None when the state they come from is unknown.
 
-    ``plan`` and ``check``: the pending ones. ``migrate``: the ones it ran (not those it faked), and the one
+    ``plan``, ``check`` and ``lint``: the pending ones. ``migrate``: the ones it ran (not those it faked), and the one
     it failed on. Other commands: none.
     """
-    if command in {Command.PLAN, Command.CHECK}:
+    if command.plans:
         if found.planned is not None:  # in the order they would be applied
             return list(found.planned)
         return None if found.pending is None else list(found.pending)
@@ -51,7 +44,7 @@ def wanted(command: Command, found: Outcome) -> list[str] | None:
 
 
 def new_marker() -> str:
-    return f"bastion-migrate-sql-{secrets.token_hex(12)}"
+    return answers.new_marker("sql")
 
 
 # Runs inside the project's Python (Django 3.2+, Python 3.8+): no comprehension may use the script's names
@@ -78,13 +71,6 @@ for key in keys:
     found[key] = {{"sql": data[:room].decode("utf-8", "ignore"), "more": max(0, len(data) - room)}}
     spent += min(len(data), room)
 text = json.dumps(found, ensure_ascii=True)
-sys.stdout.write("\\n")
-index = 0
-while index * chunk < len(text):
-    sys.stdout.write("%s %d %s\\n" % (marker, index, text[index * chunk : (index + 1) * chunk]))
-    index += 1
-sys.stdout.write("%s end %d %d\\n" % (marker, index, len(text)))
-sys.stdout.flush()
 """
 
 
@@ -97,7 +83,7 @@ def script(marker: str, keys: Sequence[str]) -> str:
         total=TOTAL_BYTES,
         chunk=CHUNK_CHARS,
         error=ERROR_CHARS,
-    )
+    ) + answers.emit(marker, CHUNK_CHARS)
 
 
 def argv(manage_py: str, marker: str, keys: Sequence[str]) -> list[str]:
@@ -105,8 +91,7 @@ def argv(manage_py: str, marker: str, keys: Sequence[str]) -> list[str]:
     return [manage_py, "shell", "-v", "0", "-c", script(marker, keys)]
 
 
-class UnreadableError(ValueError):
-    """The step's output held no whole, well-formed answer; the message says what was wrong."""
+UnreadableError = answers.UnreadableError
 
 
 def _kib(size: int) -> str:
@@ -125,39 +110,13 @@ def _clean(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-def _answer(marker: str, text: str) -> object:
-    prefix = marker + " "
-    pieces: list[str] = []
-    for line in text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        index, _, rest = line[len(prefix) :].partition(" ")
-        if index == "end":
-            count, _, length = rest.partition(" ")
-            document = "".join(pieces)
-            if count != str(len(pieces)) or length != str(len(document)):
-                msg = f"its result lines do not add up ({len(pieces)} line(s), {len(document):,} characters)"
-                raise UnreadableError(msg)
-            try:
-                return json.loads(document)
-            except ValueError as exc:
-                msg = f"its result is not JSON ({exc})"
-                raise UnreadableError(msg) from None
-        if index != str(len(pieces)):
-            msg = f"its result line {len(pieces)} is missing or out of order"
-            raise UnreadableError(msg)
-        pieces.append(rest)
-    msg = "it printed no result" if not pieces else "its result ended before its last line"
-    raise UnreadableError(msg)
-
-
 def read(text: str, marker: str, keys: Sequence[str]) -> dict[str, str]:
     """Each asked-for migration's SQL from the step's output, in the order asked, capped again.
 
     A migration ``sqlmigrate`` failed on gets a ``-- sqlmigrate failed: ...`` comment instead; one past
     the total cap, a comment saying so. Raises ``UnreadableError`` when no whole answer is there.
     """
-    answer = _answer(marker, text)
+    answer = answers.read(marker, text)
     if not isinstance(answer, dict):
         msg = "its result is not a JSON object"
         raise UnreadableError(msg)
