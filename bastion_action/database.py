@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import asyncpg
 
 from bastion_action.errors import ActionError, ProbeError
+from bastion_action.lint import TableFacts
 from bastion_action.lock import APPLICATION_NAME, Lease
 from bastion_action.report import ServerInfo
 from bastion_action.settings import DatabaseSettings
@@ -208,6 +209,12 @@ class Session:
                 rows = await self.connection.fetch("SELECT app, name FROM django_migrations ORDER BY id")
         return [(str(row["app"]), str(row["name"])) for row in rows]
 
+    async def table_facts(self, names: list[str]) -> dict[str, TableFacts]:
+        """Each existing table's estimated rows and size (pg_class), and the other sessions' locks on it; read only."""
+        async with self.guard:
+            with self._translated("reading the tables' size and locks"):
+                return await _table_facts(self.connection, names)
+
 
 @contextlib.asynccontextmanager
 async def session(
@@ -259,3 +266,32 @@ async def _describe(connection: asyncpg.Connection, *, ca_verified: bool, verifi
         ca_verified=ca_verified,
         verified_as=verified_as,
     )
+
+
+async def _table_facts(connection: asyncpg.Connection, names: list[str]) -> dict[str, TableFacts]:
+    rows = await connection.fetch(
+        """
+        SELECT t.name, c.reltuples::float8 AS reltuples, c.relpages, pg_total_relation_size(c.oid) AS bytes,
+               (SELECT count(DISTINCT l.pid) FROM pg_locks l
+                 WHERE l.relation = c.oid AND l.granted AND l.pid <> pg_backend_pid()) AS lockers,
+               (SELECT max(extract(epoch FROM clock_timestamp() - a.xact_start)) FROM pg_stat_activity a
+                 WHERE a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+                   AND a.pid IN (SELECT l.pid FROM pg_locks l WHERE l.relation = c.oid AND l.granted))::float8
+                 AS oldest
+        FROM unnest($1::text[]) AS t(name)
+        JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))
+        """,
+        names,
+    )
+    found = {}
+    for row in rows:
+        reltuples, pages = float(row["reltuples"]), int(row["relpages"])
+        # PostgreSQL 14+: -1 until the first ANALYZE or VACUUM; a table of no pages is empty all the same.
+        count = round(max(reltuples, 0)) if reltuples >= 0 or pages == 0 else None
+        found[str(row["name"])] = TableFacts(
+            rows=count,
+            bytes=int(row["bytes"]),
+            lockers=int(row["lockers"]),
+            oldest_transaction_seconds=None if row["oldest"] is None else float(row["oldest"]),
+        )
+    return found

@@ -173,6 +173,29 @@ class Console:
         else:
             self.line(f"warning: {message}")
 
+    def repository_path(self, path: Path) -> str:
+        """``path`` relative to the repository (GITHUB_WORKSPACE, else the current directory), where GitHub
+        places a file's annotations; '' when it lies outside."""
+        workspace = Path(self._environ.get("GITHUB_WORKSPACE") or Path.cwd()).resolve()
+        try:
+            return path.resolve().relative_to(workspace).as_posix()
+        except ValueError:
+            return ""
+
+    def annotate(self, level: str, message: str, *, title: str = TITLE, file: str = "", line: int = 0) -> None:
+        """A ``notice``, ``warning`` or ``error`` annotation, placed on ``file`` (repository-relative) and ``line``."""
+        message, title, file = self.redact(message), self.redact(title), self.redact(file)
+        if self.github:
+            properties = {"title": title}
+            if file:
+                properties["file"] = file
+                if line:
+                    properties["line"] = str(line)
+            self._command(command(level, message, properties))
+        else:
+            place = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+            self.line(f"{level}: {place}{message}")
+
     def failure(self, error: ActionError) -> None:
         """One annotation per problem of a failed run (settings may have several): stage, what, the hint.
 

@@ -57,8 +57,9 @@ INPUTS: tuple[InputSpec, ...] = (
     ),
     InputSpec(
         "command",
-        "showmigrations | plan | check | migrate | rollback | probe | custom (custom: the command line is in args; "
-        "rollback: migrate each app back to rollback-targets).",
+        "showmigrations | plan | check | migrate | rollback | lint | probe | custom (custom: the command line is in "
+        "args; rollback: migrate each app back to rollback-targets; lint: the pending migrations' lock and rewrite "
+        "hazards, weighed with the tables' live size).",
         "showmigrations",
         in_file=True,
     ),
@@ -201,6 +202,39 @@ INPUTS: tuple[InputSpec, ...] = (
         "Also collect each pending (plan, check) or applied (migrate) migration's SQL with sqlmigrate for the step "
         "summary and the JSON report (true/false); each migration's SQL is capped at 64 KiB, all of it at 512 KiB.",
         "false",
+        in_file=True,
+    ),
+    InputSpec(
+        "lint",
+        "plan and check: also judge each pending migration's PostgreSQL lock and rewrite hazards, as command: lint "
+        "does (true/false).",
+        "false",
+        in_file=True,
+    ),
+    InputSpec(
+        "fail-on-risk",
+        "lint (and plan, check with lint: true): fail the run when a finding not acknowledged is at least this risky: "
+        "high | medium | low | never.",
+        "never",
+        in_file=True,
+    ),
+    InputSpec(
+        "lint-rows-medium",
+        "lint: a hazard on a table of at least this many rows (pg_class's estimate) is medium risk; below, low.",
+        "100000",
+        in_file=True,
+    ),
+    InputSpec(
+        "lint-rows-high",
+        "lint: a hazard on a table of at least this many rows is high risk.",
+        "10000000",
+        in_file=True,
+    ),
+    InputSpec(
+        "lint-transaction-seconds",
+        "lint: a transaction at least this old holding a lock on a table a hazard touches raises the hazard's risk "
+        "one level (the migration's lock would queue behind it, and every query behind the migration).",
+        "60",
         in_file=True,
     ),
     InputSpec("timeout", "Seconds allowed for the whole run.", "1800", in_file=True),

@@ -7,6 +7,7 @@ import enum
 import json
 from collections.abc import Mapping
 
+from bastion_action import lint
 from bastion_action.errors import ActionError
 from bastion_action.migrations import Migration, as_json
 from bastion_action.rollback import Irreversible, dumps
@@ -37,6 +38,10 @@ OUTPUTS: dict[str, str] = {
     "lock-wait-seconds": "Seconds spent waiting for the migration lock.",
     "databases": "Fan-out: JSON of each database's outputs, by database name.",
     "duration-seconds": "Wall time of the run in decimal seconds.",
+    "risk": "lint: none | low | medium | high, the riskiest finding not acknowledged (fan-out: of every "
+    "database); empty when no lint ran.",
+    "risk-report": 'lint: JSON {"risk", "thresholds", "findings": [{"database", "migration", "operation", "rule", '
+    '"risk", "acknowledged", "table", "rows", "bytes", "file", "line", "safer", "docs", ...}], "unread"}.',
     "report-path": "Path of the run's JSON report (schema: docs/report.schema.json), for later steps; "
     "in $RUNNER_TEMP, so a later job needs actions/upload-artifact.",
 }
@@ -179,6 +184,7 @@ class RunResult:
     rollback_asked: dict[str, str] | None = None  # rollback: the targets it was given
     rollback_plan: list[str] | None = None  # rollback: Django's backwards plan, in order (None: not read)
     irreversible: list[Irreversible] = dataclasses.field(default_factory=list)  # rollback: what stopped it
+    lint: lint.Report | None = None  # the pending migrations' hazards, weighed; None: no lint ran
 
     @property
     def state_unknown(self) -> bool:
@@ -213,7 +219,33 @@ def _target_outputs(run: RunResult) -> dict[str, object]:
         values["rollback-targets"] = run.rollback_targets
     if run.error is not None:
         values["error"] = f"{run.error.stage.value}: {run.error.message}"
+    if run.lint is not None:
+        values["risk"] = run.lint.risk.value
     return values
+
+
+def lint_document(run: RunResult) -> dict[str, object] | None:
+    """The risk-report output: one database's lint, or every database's findings together (fan-out)."""
+    if run.targets is None:
+        return None if run.lint is None else lint.document(run.lint, run.database)
+    linted = [target for target in run.targets if target.lint is not None]
+    if not linted:
+        return None
+    documents = [lint.document(target.lint, target.database) for target in linted if target.lint is not None]
+    first = documents[0]
+    return {
+        "risk": lint.highest(target.lint.risk for target in linted if target.lint is not None).value,
+        "thresholds": first["thresholds"],
+        "findings": [finding for document in documents for finding in document["findings"]],  # type: ignore[attr-defined]
+        "unread": [item for document in documents for item in document["unread"]],  # type: ignore[attr-defined]
+    }
+
+
+def _lint_outputs(run: RunResult) -> dict[str, str]:
+    document = lint_document(run)
+    if document is None:
+        return {}
+    return {"risk": str(document["risk"]), "risk-report": json.dumps(document, separators=(",", ":"))}
 
 
 def _fan_out_outputs(run: RunResult) -> dict[str, str]:
@@ -235,7 +267,7 @@ def _fan_out_outputs(run: RunResult) -> dict[str, str]:
     }
     if rollback_targets:
         values["rollback-targets"] = dumps(rollback_targets)
-    return values
+    return values | _lint_outputs(run)
 
 
 def outputs(run: RunResult) -> dict[str, str]:
@@ -262,7 +294,7 @@ def outputs(run: RunResult) -> dict[str, str]:
         values["lock-wait-seconds"] = f"{run.lock_wait:.3f}"
     if run.rollback_targets is not None:
         values["rollback-targets"] = dumps(run.rollback_targets)
-    return values
+    return values | _lint_outputs(run)
 
 
 def _error_document(error: ActionError | None) -> dict[str, object] | None:
@@ -329,6 +361,7 @@ def _database_document(run: RunResult) -> dict[str, object]:
             {"stage": span.stage, "start": round(span.start, 4), "end": round(span.end, 4)} for span in run.spans
         ],
         "output_tail": run.output_tail,
+        "lint": None if run.lint is None else lint.document(run.lint, run.database),
     }
 
 

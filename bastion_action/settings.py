@@ -26,6 +26,7 @@ from bastion_action.inputs import (
     raw_from_environ,
     single_line_problems,
 )
+from bastion_action.lint import Risk, Thresholds
 from bastion_action.redaction import masks, secret_forms
 from bastion_action.references import (
     ImageReference,
@@ -83,6 +84,7 @@ class Command(enum.StrEnum):
     CHECK = "check"
     MIGRATE = "migrate"
     ROLLBACK = "rollback"  # migrate each app back to its rollback-targets entry, after checking the way back
+    LINT = "lint"  # the pending migrations' lock and rewrite hazards; changes nothing
     CUSTOM = "custom"
 
     @property
@@ -92,7 +94,12 @@ class Command(enum.StrEnum):
     @property
     def read_only(self) -> bool:
         """Django commands that only read the database: they cannot apply anything."""
-        return self in {Command.SHOWMIGRATIONS, Command.PLAN, Command.CHECK}
+        return self in {Command.SHOWMIGRATIONS, Command.PLAN, Command.CHECK, Command.LINT}
+
+    @property
+    def plans(self) -> bool:
+        """Commands that run ``migrate --plan``: their pending migrations are known in apply order."""
+        return self in {Command.PLAN, Command.CHECK, Command.LINT}
 
 
 class PullPolicy(enum.StrEnum):
@@ -224,6 +231,9 @@ class Settings:
     secrets: tuple[str, ...]
     resolved: tuple[str, ...] = ()  # each input's source, for the log (no secret value)
     show_sql: bool = False  # plan, check, migrate: collect each migration's SQL (sqlmigrate) for the report
+    lint: bool = False  # the lint step runs (command lint; plan and check with lint: true)
+    fail_on_risk: Risk | None = None  # lint: the risk that fails the run; None: never
+    lint_thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -574,6 +584,7 @@ def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]
     timeout = read.seconds("timeout")
     debug = read.boolean("debug")
     show_sql = read.boolean("show-sql")
+    lint, fail_on_risk, thresholds = _lint(read, command)
     lock_timeout = read.seconds("lock-timeout")
     lease = _lease(read)
     break_stale = read.boolean("lock-break-stale")
@@ -609,6 +620,9 @@ def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]
         lock_break_stale=break_stale,
         secrets=secrets,
         show_sql=show_sql,
+        lint=lint,
+        fail_on_risk=fail_on_risk,
+        lint_thresholds=thresholds,
     )
 
 
@@ -649,6 +663,48 @@ def _rollback_targets(
     return db, tuple(
         dataclasses.replace(target, rollback_targets=per_database.get(target.name, ())) for target in targets
     )
+
+
+FAIL_ON_RISK = ("high", "medium", "low", "never")
+
+
+def _count(read: Reader, name: str) -> int:
+    value = read.text(name).replace("_", "")
+    if not re.fullmatch(r"[0-9]{1,15}", value):
+        read.problem(input_error(name, "a whole number of rows, 0 or more", read.text(name)))
+        return 0
+    return int(value)
+
+
+def _lint(read: Reader, command: Command) -> tuple[bool, Risk | None, Thresholds]:
+    """Whether the lint step runs, the risk that fails the run, and the thresholds that weigh a finding."""
+    asked = read.boolean("lint")
+    if asked and command not in {Command.PLAN, Command.CHECK, Command.LINT} and not read.failed("command"):
+        read.problem(
+            SettingsError(
+                f"lint: expected false with command: {command.value} (lint runs with plan, check and lint)",
+                hint="Lint the pending migrations in a step before migrate (command: lint, or plan / check "
+                "with lint: true), and gate migrate on it with fail-on-risk.",
+                inputs=("lint", "command"),
+            )
+        )
+    fail_text = read.text("fail-on-risk").lower()
+    fail_on_risk = None
+    if fail_text not in FAIL_ON_RISK:
+        read.problem(input_error("fail-on-risk", " | ".join(FAIL_ON_RISK), read.text("fail-on-risk")))
+    elif fail_text != "never":
+        fail_on_risk = Risk(fail_text)
+    rows_medium, rows_high = _count(read, "lint-rows-medium"), _count(read, "lint-rows-high")
+    if rows_high < rows_medium and not read.failed("lint-rows-medium", "lint-rows-high"):
+        read.problem(
+            SettingsError(
+                f"lint-rows-high: expected at least lint-rows-medium ({rows_medium:,}), got {rows_high:,}",
+                hint="A table big enough to be high risk is at least medium risk: raise lint-rows-high.",
+                inputs=("lint-rows-high", "lint-rows-medium"),
+            )
+        )
+    thresholds = Thresholds(rows_medium, rows_high, read.seconds("lint-transaction-seconds"))
+    return asked or command is Command.LINT, fail_on_risk, thresholds
 
 
 def _sources(read: Reader, *names: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ import html
 import re
 from collections.abc import Iterable
 
+from bastion_action import lint
 from bastion_action.errors import ActionError
 from bastion_action.migrations import State
 from bastion_action.report import TAIL_LINE_CHARS, Result, RunContext, RunResult, Span, known_lists
@@ -340,6 +341,67 @@ def _way_back(run: RunResult) -> list[str]:
     return lines
 
 
+_RISK_ICONS = {lint.Risk.NONE: "✅", lint.Risk.LOW: "🟢", lint.Risk.MEDIUM: "🟠", lint.Risk.HIGH: "🔴"}
+FINDINGS_SHOWN = 200
+
+
+def _rule_link(context: RunContext, rule: str) -> str:
+    url = context.docs_url(f"{lint.DOCS}#{rule}")
+    return link(code(rule), url) if url else code(rule)
+
+
+def _lint_rows(report: lint.Report, context: RunContext, database: str | None) -> list[str]:
+    rows = []
+    for finding in report.findings[:FINDINGS_SHOWN]:
+        risk = f"{_RISK_ICONS[finding.risk]} {finding.risk.value}"
+        if finding.acknowledged:
+            risk = f"acknowledged ({finding.risk.value})"
+        place = f"{finding.file}:{finding.line}" if finding.file and finding.line else finding.migration
+        cells = [
+            *([code(database or "")] if database is not None else []),
+            f"{code(finding.migration)}<br>{text(place)}",
+            text(finding.operation),
+            _rule_link(context, finding.rule),
+            code(finding.table) if finding.table else "",
+            text(lint.scale(finding.facts)),
+            risk,
+            text(finding.safer),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _lint(run: RunResult) -> list[str]:
+    reports = [(target.database, target.lint) for target in run.targets or [] if target.lint is not None]
+    fan_out = run.targets is not None
+    if run.lint is not None and not fan_out:
+        reports = [(None, run.lint)]
+    if not reports:
+        return []
+    risk = lint.highest(report.risk for _, report in reports)
+    findings = sum(len(report.findings) for _, report in reports)
+    thresholds = reports[0][1].thresholds
+    lines = [
+        "",
+        (
+            f"**Lint:** risk {_RISK_ICONS[risk]} **{risk.value}**, {findings} finding(s) "
+            f"(rows: medium from {thresholds.rows_medium:,}, high from {thresholds.rows_high:,})."
+        ),
+    ]
+    for _, report in reports:
+        lines += [f"- Not judged: {text(item)}" for item in report.unread]
+    if not findings:
+        return lines
+    head = ["database"] if fan_out else []
+    head += ["migration", "operation", "rule", "table", "rows / size", "risk", "safer pattern"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for database, report in reports:
+        lines += _lint_rows(report, run.context, database if fan_out else None)
+    if findings > FINDINGS_SHOWN * len(reports):
+        lines += ["", "More findings are in the risk-report output and the JSON report."]
+    return lines
+
+
 # -- where the time went --------------------------------------------------------------------------
 
 _MERMAID_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -411,6 +473,7 @@ def markdown(run: RunResult) -> str:
     lines += _way_back(run)
     lines += _migrations_table(run)
     lines += rollback_snippet(run)
+    lines += _lint(run)
     lines += _planned(run)
     lines += _sql(run)
     if run.drift:

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bastion_action import aio, cafile, django_shell, outcome, rollback, show_sql
+from bastion_action import aio, cafile, django_shell, lint, operations, outcome, rollback, show_sql
 from bastion_action.clock import Clock
 from bastion_action.errors import CommandError, PendingMigrationsError, Stage, TunnelError
 from bastion_action.gha import Console
@@ -256,7 +256,10 @@ class _Database:
             failure = self.rollback_verdict(found, output)
         else:
             failure = outcome.verdict(settings.command, command_argv(settings), result.exit_code, found, output)
-        if isinstance(failure, PendingMigrationsError):
+        if settings.lint and found is not None and (failure is None or isinstance(failure, PendingMigrationsError)):
+            # A risk over fail-on-risk is a failure, which outranks check's pending.
+            failure = await self.lint(found, opened, session) or failure
+        if isinstance(failure, PendingMigrationsError) or (failure is not None and not result.exit_code):
             result.exit_code = 1
         if failure is not None:
             raise failure
@@ -330,6 +333,85 @@ class _Database:
                 exit_code=1,
             )
         return failure
+
+    async def lint(
+        self, found: outcome.Outcome, opened: tunnel.Tunnel, session: database.Session
+    ) -> CommandError | None:
+        """The pending migrations' hazards, weighed with their tables' live facts; the failure fail-on-risk makes.
+
+        One more process where the command ran reads each migration's operations and SQL; the action's own
+        session reads the tables' size and locks (read only, no lock taken). When linting is impossible,
+        the run fails if it was asked to lint or to gate on the risk; otherwise a warning says why.
+        """
+        settings, result, runner = self.settings, self.result, self.shared.runner
+        keys = show_sql.wanted(Command.PLAN, found)
+        label = f"[{self.target.label}] " if self.target.label else ""
+        if runner is None or keys is None:
+            return self.lint_impossible("the migration state is unknown")
+        facts: list[operations.MigrationFacts] = []
+        if keys:
+            marker = operations.new_marker()
+            argv = operations.argv(settings.app.manage_py, marker, keys)
+            shown = f"lint: the operations and SQL of {len(keys)} pending migration(s)"
+            try:
+                code, output = await self.follow_up(runner, argv, shown, opened, conceal=marker)
+                if code != 0:
+                    return self.lint_impossible(f"reading the migrations exited with code {code} (see its log)")
+                facts = operations.read(output, marker, keys)
+            except django_shell.UnreadableError as exc:
+                return self.lint_impossible(f"its answer could not be read: {exc}")
+        tables = lint.touched_tables(facts)
+        table_facts = await while_tunnel_up(session.table_facts(tables), opened) if tables else {}
+        report = lint.judge(facts, table_facts, settings.lint_thresholds)
+        result.lint = report
+        self.debug(f"lint: {len(tables)} table(s) read: {', '.join(tables)}")
+        for finding in report.findings:
+            level = "notice" if finding.acknowledged else "warning"
+            where = self.settings.app.working_directory / finding.file if finding.file else None
+            note = " (acknowledged)" if finding.acknowledged else ""
+            self.console.annotate(
+                level,
+                f"{label}{finding.migration}: {finding.operation}: {finding.reason}{note}. "
+                f"Table {finding.table or '-'}: {lint.scale(finding.facts)} ({finding.note}). "
+                f"Safer: {finding.safer}. See {finding.docs}",
+                title=f"bastion-migrate lint: {finding.rule} ({finding.risk.value} risk)",
+                file=self.console.repository_path(where) if where is not None else "",
+                line=finding.line,
+            )
+        for unread in report.unread:
+            self.console.warning(f"{label}lint: not judged: {unread}")
+        counted = [finding for finding in report.findings if not finding.acknowledged]
+        self.say(
+            f"lint: {len(keys)} pending migration(s), {len(report.findings)} finding(s) "
+            f"({len(report.findings) - len(counted)} acknowledged), risk {report.risk.value}"
+        )
+        limit = settings.fail_on_risk
+        if limit is None or report.risk.rank < limit.rank:
+            return None
+        over = [finding for finding in counted if finding.risk.rank >= limit.rank]
+        named = ", ".join(f"{finding.migration} {finding.rule} on {finding.table or '-'}" for finding in over[:5])
+        return CommandError(
+            f"lint: risk {report.risk.value} reaches fail-on-risk {limit.value}: {len(over)} finding(s) ({named}"
+            + (", ..." if len(over) > 5 else "")  # noqa: PLR2004
+            + "); nothing was applied",
+            hint="Rewrite the migrations the safer way each finding names (docs/lint.md), or acknowledge a "
+            "finding you accept with '# bastion-migrate: ack <rule>' above its operation.",
+            anchor="lint-risk",
+            exit_code=1,
+        )
+
+    def lint_impossible(self, why: str) -> CommandError | None:
+        settings = self.settings
+        label = f"[{self.target.label}] " if self.target.label else ""
+        if settings.command is Command.LINT or settings.fail_on_risk is not None:
+            return CommandError(
+                f"lint: the pending migrations could not be linted: {why}",
+                hint="The command's log shows why Django could not describe the migrations.",
+                anchor="lint-risk",
+                exit_code=1,
+            )
+        self.console.warning(f"{label}lint: not linted: {why}")
+        return None
 
     async def collect_sql(self, found: outcome.Outcome, opened: tunnel.Tunnel) -> None:
         """``show-sql``: each pending (plan, check) or applied (migrate) migration's SQL, read with ``sqlmigrate``.

@@ -61,7 +61,7 @@ def command_argv(settings: Settings) -> list[str]:
             args.append("--fake-initial")
         # Django times each migration only at verbosity 2; a -v in args comes later, and wins.
         args += ["-v", "2"]
-    elif command in {Command.PLAN, Command.CHECK}:
+    elif command.plans:
         args = ["migrate", "--plan"]
     else:
         args = [command.value]

@@ -70,7 +70,7 @@ INSTALLED_APPS = [
     "audit",
 ]
 # Optional apps for particular tests, off unless named (comma-separated): ``ledger`` (a history with a
-# migration that cannot be undone).
+# migration that cannot be undone), ``hazards`` (a small and a big table, one pending migration per lint rule).
 INSTALLED_APPS += [name.strip() for name in os.environ.get("SAMPLE_EXTRA_APPS", "").split(",") if name.strip()]
 MIDDLEWARE = []
 TEMPLATES = []

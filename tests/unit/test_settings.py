@@ -136,7 +136,8 @@ def test_nothing_is_suggested_for_a_far_miss(name: str, value: str) -> None:
 def test_a_command_line_in_command_points_to_the_input_that_runs_it(value: str, use: str) -> None:
     message = error_of(command=value).message
     assert message.startswith(
-        f"command: expected one of probe | showmigrations | plan | check | migrate | rollback | custom, got {value!r}"
+        f"command: expected one of probe | showmigrations | plan | check | migrate | rollback | lint | custom, "
+        f"got {value!r}"
     )
     assert message.endswith(f"; it looks like a command line: {use} (from the step's input command)")
 
