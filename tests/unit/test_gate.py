@@ -172,7 +172,12 @@ async def test_each_query_leaves_as_one_packet_in_one_socket_write(sshd: SSHD, e
         connection = opened.connection
         writes: list[bytes] = []
         send = connection._send
-        connection._send = lambda data: (writes.append(data), send(data))[-1]  # type: ignore[method-assign]
+
+        def counted(data: bytes) -> None:
+            writes.append(data)
+            send(data)
+
+        connection._send = counted  # type: ignore[method-assign]
         for n in range(50):
             writer.write(b"query %02d" % n)
             assert await exactly(reader, 8) == b"query %02d" % n
@@ -185,7 +190,8 @@ async def test_channels_advertise_a_large_window_and_packet(sshd: SSHD, echo: Ta
         reader, writer = await client(opened.port)
         writer.write(b"x")
         assert await exactly(reader, 1) == b"x"
-        (command,) = commands(opened.forwards) if opened.forwards else ()
+        assert opened.forwards is not None
+        (command,) = commands(opened.forwards)
         assert command.channel is not None
         assert command.channel._init_recv_window == gates.CHANNEL_WINDOW
         assert command.channel._recv_pktsize == gates.CHANNEL_MAX_PACKET
