@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -18,9 +19,26 @@ if TYPE_CHECKING:
     from bastion_action.tunnel import Tunnel
 
 
+# Each channel's receive window and largest packet. asyncssh's defaults (2 MiB, 32 KiB) keep a bulk
+# transfer (a COPY, a large result) waiting on window updates and cost Python work per 32 KiB; with
+# these, sshd sends packets as large as it reads (bench/forward.py: COPY 200 MB).
+CHANNEL_WINDOW = 8 * 1024 * 1024
+CHANNEL_MAX_PACKET = 256 * 1024
+
 # Bytes a held connection may send before the gate opens; beyond them the kernel queues the rest,
 # and reading on (rather than pausing at once) is what notices a command that gives up while held.
 _HOLD_LIMIT = 256 * 1024
+
+
+def _no_packet_log(*_args: object, **_kwargs: object) -> None:
+    pass
+
+
+def lean_packets(handler: asyncssh.SSHClientConnection | asyncssh.SSHTCPChannel[bytes]) -> None:
+    """No per-packet log formatting when asyncssh's debug log is off (it formats every packet's line first)."""
+    if not logging.getLogger("asyncssh").isEnabledFor(logging.DEBUG):
+        handler.log_sent_packet = _no_packet_log  # type: ignore[method-assign]
+        handler.log_received_packet = _no_packet_log  # type: ignore[method-assign]
 
 
 class Gate:
@@ -163,7 +181,9 @@ class _Command(asyncio.Protocol):
     async def splice(self, gate: Gate, connection: asyncssh.SSHClientConnection, host: str, port: int) -> None:
         """Open the channel to ``host:port``, then pass on what was held and forward from then on."""
         try:
-            channel, _ = await connection.create_connection(lambda: _Channel(self), host, port)
+            channel, _ = await connection.create_connection(
+                lambda: _Channel(self), host, port, window=CHANNEL_WINDOW, max_pktsize=CHANNEL_MAX_PACKET
+            )
         except asyncssh.ChannelOpenError as exc:
             gate.refusal = exc  # kept before the command sees its connection end
             self.close()
@@ -175,6 +195,7 @@ class _Command(asyncio.Protocol):
             self.close()
             raise
         gate.refusal = None
+        lean_packets(channel)
         if self.closed:  # the command left while the channel was opening: nothing to pass on
             channel.close()
             return

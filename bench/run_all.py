@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SLOW = frozenset({"docker_mode.py", "forward.py", "fan_out.py"})  # fewer runs: each takes seconds
-BENCHMARKS = ("lightweight.py", "docker_mode.py", "forward.py", "setup_cost.py", "fan_out.py")
+SLOW = frozenset({"docker_mode.py", "forward.py", "fan_out.py", "query_heavy.py"})  # fewer runs: each takes seconds
+BENCHMARKS = ("lightweight.py", "docker_mode.py", "forward.py", "query_heavy.py", "setup_cost.py", "fan_out.py")
 
 
 def main() -> int:

@@ -163,6 +163,40 @@ async def test_forward_carries_megabytes_both_ways_at_once(sshd: SSHD, echo: Tar
         assert opened.forward_failure() is None
 
 
+async def test_each_query_leaves_as_one_packet_in_one_socket_write(sshd: SSHD, echo: Target) -> None:
+    """No empty SSH_MSG_IGNORE of its own before each packet (asyncssh's CBC countermeasure, no CBC offered)."""
+    async with forwarded(sshd, echo) as opened:
+        reader, writer = await client(opened.port)
+        writer.write(b"warm")
+        assert await exactly(reader, 4) == b"warm"
+        connection = opened.connection
+        writes: list[bytes] = []
+        send = connection._send
+
+        def counted(data: bytes) -> None:
+            writes.append(data)
+            send(data)
+
+        connection._send = counted  # type: ignore[method-assign]
+        for n in range(50):
+            writer.write(b"query %02d" % n)
+            assert await exactly(reader, 8) == b"query %02d" % n
+        assert 50 <= len(writes) <= 52  # one a query; a window update may fall in
+        assert str(connection.get_extra_info("send_cipher")).endswith("gcm@openssh.com")
+
+
+async def test_channels_advertise_a_large_window_and_packet(sshd: SSHD, echo: Target) -> None:
+    async with forwarded(sshd, echo) as opened:
+        reader, writer = await client(opened.port)
+        writer.write(b"x")
+        assert await exactly(reader, 1) == b"x"
+        assert opened.forwards is not None
+        (command,) = commands(opened.forwards)
+        assert command.channel is not None
+        assert command.channel._init_recv_window == gates.CHANNEL_WINDOW
+        assert command.channel._recv_pktsize == gates.CHANNEL_MAX_PACKET
+
+
 async def digest_after_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Answer only after the client's EOF: its size and digest."""
     digest = hashlib.sha256()
