@@ -33,7 +33,7 @@ SAMPLE_SECONDS = 0.02  # the sampler's own CPU is part of every row alike
 @dataclasses.dataclass
 class Peaks:
     rss: int = 0  # bytes, the action's process tree
-    commands: int = 0  # command processes alive at once (the action's descendants)
+    commands: int = 0  # the project's interpreters alive at once (the commands the action started)
     channels: int = 0  # ESTABLISHED connections from the bastion to the database port
     cpu: float = 0.0  # seconds of CPU, user and system, of the action and every command it started
 
@@ -54,6 +54,7 @@ def _bastion_connections(table: Path, endpoint: str) -> int:
 
 
 def _watch(process: psutil.Process, lab: dict[str, object], peaks: Peaks, stop: threading.Event) -> None:
+    python = str(lab["runner_python"])
     # The bastion's sshd lives in the bastion's namespace: its /proc/<pid>/net/tcp is that namespace's table.
     sshd = int(Path(str(lab["sshd_pidfile"])).read_text().split()[0])
     table, endpoint = Path(f"/proc/{sshd}/net/tcp"), _database_endpoint(lab)
@@ -62,14 +63,17 @@ def _watch(process: psutil.Process, lab: dict[str, object], peaks: Peaks, stop: 
             tree = [process, *process.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        rss = 0
+        rss = commands = 0
         for member in tree:
             try:
                 rss += member.memory_info().rss
-            except psutil.NoSuchProcess:
+                # The project's interpreter: not the helpers a library's import may spawn (asyncssh's
+                # find_library runs gcc and ld for a moment).
+                commands += member is not process and member.cmdline()[:1] == [python]
+            except psutil.Error:
                 continue
         peaks.rss = max(peaks.rss, rss)
-        peaks.commands = max(peaks.commands, len(tree) - 1)
+        peaks.commands = max(peaks.commands, commands)
         peaks.channels = max(peaks.channels, _bastion_connections(table, endpoint))
         stop.wait(SAMPLE_SECONDS)
 
