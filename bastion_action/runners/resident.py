@@ -45,55 +45,53 @@ REQUESTS_FD = "BASTION_MIGRATE_RESIDENT_FD"
 MARKER = "BASTION_MIGRATE_RESIDENT_MARKER"
 URL_ENV = "BASTION_MIGRATE_RESIDENT_URL_ENV"
 
-# Runs inside the project's Python (Django 3.2+, Python 3.8+), as ``manage.py shell -c``; names start with
-# ``_bm`` so they collide with nothing a project's shell start-up defines.
+# Runs inside the project's Python (Django 3.2+, Python 3.8+), as ``manage.py shell -c``: all of it inside one
+# function, since some versions ``exec`` the script without globals (its top-level names are then invisible to
+# its functions); the one top-level name starts with ``_bm`` so it collides with nothing a project defines.
 DRIVER = """\
-import json as _bm_json, os as _bm_os, sys as _bm_sys, traceback as _bm_traceback
-from urllib.parse import parse_qsl as _bm_parse_qsl, unquote as _bm_unquote, urlsplit as _bm_urlsplit
-
-
-def _bm_parts(url):
-    parts = _bm_urlsplit(url)
-    fields = {
-        "NAME": _bm_unquote(parts.path[1:] if parts.path.startswith("/") else parts.path),
-        "USER": _bm_unquote(parts.username or ""),
-        "PASSWORD": _bm_unquote(parts.password or ""),
-        "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
-    }
-    return fields, dict(_bm_parse_qsl(parts.query))
-
-
-def _bm_fit(default, url):
-    fields, query = _bm_parts(url)
-    for name in fields:
-        if str(default.get(name) or "") != fields[name]:
-            return False
-    options = default.get("OPTIONS") or {}
-    for name in query:
-        if str(options.get(name, "")) != query[name]:
-            return False
-    return True
-
-
 def _bm_serve():
+    import json, os, sys, traceback
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
     from django.conf import settings
     from django.core.management import execute_from_command_line
     from django.db import connections
 
-    marker = _bm_os.environ.pop("BASTION_MIGRATE_RESIDENT_MARKER")
-    url_env = _bm_os.environ.pop("BASTION_MIGRATE_RESIDENT_URL_ENV")
-    requests = _bm_os.fdopen(int(_bm_os.environ.pop("BASTION_MIGRATE_RESIDENT_FD")), "r")
+    def parts(url):
+        split = urlsplit(url)
+        fields = {
+            "NAME": unquote(split.path[1:] if split.path.startswith("/") else split.path),
+            "USER": unquote(split.username or ""),
+            "PASSWORD": unquote(split.password or ""),
+            "HOST": split.hostname or "",
+            "PORT": str(split.port or ""),
+        }
+        return fields, dict(parse_qsl(split.query))
+
+    def built_from(default, url):
+        fields, query = parts(url)
+        for name in fields:
+            if str(default.get(name) or "") != fields[name]:
+                return False
+        options = default.get("OPTIONS") or {}
+        for name in query:
+            if str(options.get(name, "")) != query[name]:
+                return False
+        return True
+
+    marker = os.environ.pop("BASTION_MIGRATE_RESIDENT_MARKER")
+    url_env = os.environ.pop("BASTION_MIGRATE_RESIDENT_URL_ENV")
+    requests = os.fdopen(int(os.environ.pop("BASTION_MIGRATE_RESIDENT_FD")), "r")
     default = settings.DATABASES["default"]
-    fit = _bm_fit(default, _bm_os.environ.get(url_env, ""))
+    fit = built_from(default, os.environ.get(url_env, ""))
     first = True
     for line in requests:
-        request = _bm_json.loads(line)
+        request = json.loads(line)
         url = request["url"]
         connections.close_all()
         if not first:
-            fields, query = _bm_parts(url)
-            _, was = _bm_parts(_bm_os.environ.get(url_env, ""))
+            fields, query = parts(url)
+            _, was = parts(os.environ.get(url_env, ""))
             options = dict(default.get("OPTIONS") or {})
             for name in was:
                 options.pop(name, None)
@@ -101,21 +99,21 @@ def _bm_serve():
             default.update(fields)
             default["OPTIONS"] = options
         first = False
-        _bm_os.environ[url_env] = url
+        os.environ[url_env] = url
         code = 0
         try:
             execute_from_command_line(request["argv"])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
             if exc.code is not None and not isinstance(exc.code, int):
-                _bm_sys.stderr.write("%s\\n" % (exc.code,))
+                sys.stderr.write("%s\\n" % (exc.code,))
         except BaseException:
-            _bm_traceback.print_exc()
+            traceback.print_exc()
             code = 1
         connections.close_all()
-        _bm_sys.stderr.flush()
-        _bm_sys.stdout.write("\\n%s end %d %d\\n" % (marker, code, 1 if fit else 0))
-        _bm_sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout.write("\\n%s end %d %d\\n" % (marker, code, 1 if fit else 0))
+        sys.stdout.flush()
         if not fit:
             break
 

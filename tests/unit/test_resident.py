@@ -51,7 +51,7 @@ def execute_from_command_line(argv):
     "manage.py": """
 import sys
 if sys.argv[1:3] == ["shell", "-c"]:
-    exec(sys.argv[3], {"__name__": "__main__"})
+    exec(sys.argv[3], {"__name__": "__main__"}, {})  # separate locals, as some Django versions' shell -c
 else:
     from django.core.management import execute_from_command_line
     execute_from_command_line(sys.argv)
