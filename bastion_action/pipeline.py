@@ -37,7 +37,7 @@ from bastion_action.errors import (
 )
 from bastion_action.gha import Console
 from bastion_action.report import Result, RunResult
-from bastion_action.runners import Runner, local
+from bastion_action.runners import Runner, local, resident
 from bastion_action.settings import Command, Settings
 from bastion_action.target import Shared, Target, run_database
 
@@ -177,6 +177,11 @@ class _Run:
         with self.clock.stage_of(Stage.SETTINGS):
             on_runner = local.prepare(settings, os.environ) if settings.mode.on_runner else None
         if not settings.mode.in_image:
+            if on_runner is not None and settings.targets and settings.command.read_only:
+                # One Django start-up per database was a fan-out's main cost: resident processes serve many.
+                served = resident.ResidentRunner(on_runner)
+                stack.push_async_callback(self._close_residents, served)
+                return served, None, None
             return on_runner, None, None
         with self.clock.stage_of(Stage.PULL):  # the Docker client's import and the daemon's answer
             from bastion_action.runners import docker  # noqa: PLC0415 - loaded only for docker mode
@@ -190,6 +195,13 @@ class _Run:
         if on_runner is None:
             return in_image, None, pulling
         return on_runner, in_image, pulling
+
+    async def _close_residents(self, served: resident.ResidentRunner) -> None:
+        self.console.debug(
+            f"resident processes: {served.started} started, {served.served} command(s) served, "
+            f"at most {self.settings.concurrency} at once"
+        )
+        await served.aclose()
 
     async def one(self, shared: Shared, target: Target, limit: asyncio.Semaphore) -> None:
         started = time.perf_counter()

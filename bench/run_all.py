@@ -12,7 +12,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SLOW = frozenset({"docker_mode.py", "forward.py", "fan_out.py", "query_heavy.py"})  # fewer runs: each takes seconds
-BENCHMARKS = ("lightweight.py", "docker_mode.py", "forward.py", "query_heavy.py", "setup_cost.py", "fan_out.py")
+SLOWEST = frozenset({"fan_out_scale.py"})  # a run is up to 100 databases: 3 runs at most
+BENCHMARKS = (
+    "lightweight.py",
+    "docker_mode.py",
+    "forward.py",
+    "query_heavy.py",
+    "setup_cost.py",
+    "fan_out.py",
+    "fan_out_scale.py",
+)
 
 
 def main() -> int:
@@ -21,7 +30,7 @@ def main() -> int:
     options = parser.parse_args()
     figures: list[str] = []
     for script in BENCHMARKS:
-        runs = str(min(options.runs, 5)) if script in SLOW else str(options.runs)
+        runs = str(min(options.runs, 3 if script in SLOWEST else 5 if script in SLOW else options.runs))
         done = subprocess.run(
             [sys.executable, str(HERE / script), "--runs", runs], cwd=HERE, capture_output=True, text=True, check=False
         )
@@ -30,7 +39,8 @@ def main() -> int:
             print(done.stderr, file=sys.stderr)
             figures.append(f"  {script}: FAILED (exit {done.returncode})")
             continue
-        figures += [line for line in done.stdout.splitlines() if line.lstrip().startswith(("RATIO", "OVERLAP"))]
+        kinds = ("RATIO", "OVERLAP", "SCALE")
+        figures += [line for line in done.stdout.splitlines() if line.lstrip().startswith(kinds)]
     print("\nAll figures:")
     print("\n".join(figures))
     return 0

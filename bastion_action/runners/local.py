@@ -143,8 +143,11 @@ async def run(
     cwd: Path,
     env: Mapping[str, str],
     output: Output,
+    keep_fds: Sequence[int] = (),
 ) -> int:
     """Run ``argv``; its output goes to ``output`` as it arrives, in chunks. Returns the exit code.
+
+    ``keep_fds`` are passed on to the command (a resident process's request pipe); no other is.
 
     The child gets its own process group; whatever ends this coroutine
     (completion, cancellation, timeout) leaves no process of that group behind,
@@ -163,6 +166,7 @@ async def run(
             stdout=write_end,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=tuple(keep_fds),
         )
     except OSError as exc:
         os.close(read_end)

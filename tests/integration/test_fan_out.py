@@ -98,3 +98,22 @@ def test_fan_out_in_docker_mode_pulls_once(action, base_inputs, lab, databases) 
 @pytest.fixture
 def secrets(secrets, lab):  # the registry password joins the scanned secrets
     return [*secrets, lab["registry_password"]]
+
+
+def test_fan_out_read_only_commands_share_one_django_process(action, base_inputs, databases) -> None:
+    """Resident processes serve the databases in turn (concurrency 1), each with its own state and output."""
+    action({**base_inputs, "command": "migrate", "db-name": databases[1]})
+    missing = unique("absent")
+    targets = [databases[0], missing, databases[1], databases[2]]
+    inputs = {**base_inputs, "command": "showmigrations", "db-name": "", "databases": ",".join(targets)}
+    run = action({**inputs, "concurrency": "1", "debug": "true"})
+    assert run.returncode == 1, run.explain()
+    per_database = json.loads(run.outputs["databases"])
+    assert per_database[missing]["result"] == "failure"
+    assert [per_database[name]["pending-count"] for name in databases] == [6, 0, 6]
+    assert [per_database[name]["result"] for name in databases] == ["success"] * 3
+    # The missing database's command was stopped mid-request, and its process with it: a second one served the rest.
+    assert "resident processes: 2 started, 3 command(s) served, at most 1 at once" in run.stdout, run.explain()
+    for name in databases:
+        assert f"::group::[{name}] " in run.stdout
+    assert "bastion-migrate-resident-" not in run.stdout, "the end-of-command lines are never shown"
