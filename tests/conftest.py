@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ActionRun, admin_sql, load_lab, run_action, unique
+from support import ActionRun, load_lab, owned_databases, run_action, unique
 
 
 @pytest.fixture(scope="session")
@@ -18,10 +18,8 @@ def lab() -> dict[str, Any]:
 @pytest.fixture
 def fresh_db(lab: dict[str, Any]) -> Iterator[str]:
     """A new, empty database owned by the lab's migration user; dropped afterwards."""
-    name = unique("it")
-    admin_sql(lab, f'CREATE DATABASE "{name}" OWNER "{lab["db_user"]}"')
-    yield name
-    admin_sql(lab, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with owned_databases(lab, [unique("it")]) as (name,):
+        yield name
 
 
 @pytest.fixture

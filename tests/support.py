@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -216,6 +217,20 @@ def run_action(inputs: dict[str, str], workdir: Path, extra_env: dict[str, str] 
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.contextmanager
+def owned_databases(lab: dict[str, Any], names: list[str]) -> Iterator[list[str]]:
+    """New, empty databases owned by the lab's migration user, dropped on the way out (failure included)."""
+    created: list[str] = []
+    try:
+        for name in names:
+            admin_sql(lab, f'CREATE DATABASE "{name}" OWNER "{lab["db_user"]}"')
+            created.append(name)
+        yield names
+    finally:
+        for name in created:
+            admin_sql(lab, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 OWN_NETNS = Path("/proc/self/ns/net")

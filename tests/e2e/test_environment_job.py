@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import SAMPLE_MIGRATIONS, admin_sql
+from support import SAMPLE_MIGRATIONS, admin_sql, owned_databases
 from test_act import ACT_TIMEOUT_S, ActLog, find_leaks, run_act, tail, write_dotenv
 
 WORKFLOW = ".github/workflows/e2e-environment.yml"
@@ -38,12 +38,8 @@ def recorded(lab: dict[str, Any], database: str) -> list[str]:
 @pytest.fixture
 def staging_db(lab: dict[str, Any]) -> Iterator[str]:
     """A fresh database owned by the lab's migration user; dropped afterwards."""
-    db = f"e2e_{ENVIRONMENT}_{secrets.token_hex(5)}"
-    admin_sql(lab, f'CREATE DATABASE "{db}" OWNER "{lab["db_user"]}"')
-    try:
+    with owned_databases(lab, [f"e2e_{ENVIRONMENT}_{secrets.token_hex(5)}"]) as (db,):
         yield db
-    finally:
-        admin_sql(lab, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 def environment_secrets(lab: dict[str, Any], db: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import SAMPLE_MIGRATIONS, admin_sql
+from support import SAMPLE_MIGRATIONS, admin_sql, owned_databases
 from test_act import ACT_TIMEOUT_S, ActLog, find_leaks, run_act, tail, write_dotenv
 
 WORKFLOW = ".github/workflows/e2e-matrix.yml"
@@ -42,13 +42,8 @@ def recorded(lab: dict[str, Any], database: str) -> list[str]:
 def env_dbs(lab: dict[str, Any]) -> Iterator[dict[str, str]]:
     """A fresh database per environment, owned by the lab's migration user; dropped afterwards."""
     dbs = {env: f"e2e_{env}_{secrets.token_hex(5)}" for env in ENVIRONMENTS}
-    try:
-        for db in dbs.values():
-            admin_sql(lab, f'CREATE DATABASE "{db}" OWNER "{lab["db_user"]}"')
+    with owned_databases(lab, list(dbs.values())):
         yield dbs
-    finally:
-        for db in dbs.values():
-            admin_sql(lab, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 def matrix_secrets(lab: dict[str, Any], dbs: dict[str, str]) -> dict[str, str]:

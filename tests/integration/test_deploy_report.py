@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from markdown_check import assert_gantt_parses, gantt_blocks
-from support import GITHUB_CONTEXT, SAMPLE_MIGRATIONS, admin_sql, assert_report, unique, with_docker
+from support import GITHUB_CONTEXT, SAMPLE_MIGRATIONS, assert_report, owned_databases, unique, with_docker
 
 SHA = GITHUB_CONTEXT["GITHUB_SHA"]
 CONTEXT_ROWS = (
@@ -87,10 +87,8 @@ def test_docker_migrate_report_shows_the_image_and_the_pull_beside_the_tunnel(ac
 
 @pytest.fixture
 def two_databases(lab, fresh_db) -> Iterator[list[str]]:
-    other = unique("report")
-    admin_sql(lab, f'CREATE DATABASE "{other}" OWNER "{lab["db_user"]}"')
-    yield [fresh_db, other]
-    admin_sql(lab, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+    with owned_databases(lab, [unique("report")]) as (other,):
+        yield [fresh_db, other]
 
 
 def test_fan_out_report_has_a_row_per_database_failures_first(action, base_inputs, two_databases) -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support import admin_sql, unique, with_docker
+from support import admin_sql, owned_databases, unique, with_docker
 
 from bastion_action import summary
 
@@ -17,12 +17,8 @@ def accepted_logins(lab) -> int:
 
 @pytest.fixture
 def databases(lab):
-    names = [unique("fan") for _ in range(3)]
-    for name in names:
-        admin_sql(lab, f'CREATE DATABASE "{name}" OWNER "{lab["db_user"]}"')
-    yield names
-    for name in names:
-        admin_sql(lab, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with owned_databases(lab, [unique("fan") for _ in range(3)]) as names:
+        yield names
 
 
 def recorded(lab, database: str) -> int:

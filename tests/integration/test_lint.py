@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import admin_sql, unique, with_docker
+from support import admin_sql, owned_databases, unique, with_docker
 
 HAZARDS = {"extra-env": "SAMPLE_EXTRA_APPS=hazards"}
 THRESHOLDS = {"lint-rows-medium": "1000", "lint-rows-high": "100000"}
@@ -145,12 +145,8 @@ def test_lint_in_the_image(action, base_inputs, lab) -> None:
 
 @pytest.fixture
 def two_databases(lab) -> Iterator[list[str]]:
-    names = [unique("lint") for _ in range(2)]
-    for name in names:
-        admin_sql(lab, f'CREATE DATABASE "{name}" OWNER "{lab["db_user"]}"')
-    yield names
-    for name in names:
-        admin_sql(lab, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with owned_databases(lab, [unique("lint") for _ in range(2)]) as names:
+        yield names
 
 
 def test_fan_out_lints_each_database_with_its_own_tables(action, base_inputs, two_databases) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import admin_sql, assert_failed_in, assert_report, unique, with_docker
+from support import admin_sql, assert_failed_in, assert_report, owned_databases, unique, with_docker
 
 from bastion_action import summary
 
@@ -113,12 +113,8 @@ def test_rollback_in_docker_mode(action, base_inputs, lab, fresh_db) -> None:
 
 @pytest.fixture
 def two_databases(lab):
-    names = [unique("rb") for _ in range(2)]
-    for name in names:
-        admin_sql(lab, f'CREATE DATABASE "{name}" OWNER "{lab["db_user"]}"')
-    yield names
-    for name in names:
-        admin_sql(lab, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with owned_databases(lab, [unique("rb") for _ in range(2)]) as names:
+        yield names
 
 
 def test_fan_out_rollback_targets_are_per_database(action, base_inputs, lab, two_databases) -> None:
