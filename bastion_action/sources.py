@@ -148,11 +148,13 @@ def _near_secrets(source: Mapping[str, str], prefix: str, secret: str) -> str:
 
 
 def _looked_for(
-    by_secret: _BySecret, source: Mapping[str, str], prefix: str, *, json_source: bool, file: str
+    by_secret: _BySecret, source: Mapping[str, str], prefix: str, *, json_source: bool, file: str, unset: set[str]
 ) -> dict[str, str]:
-    """For each input: where a value was looked for, said when none was found (``not set: ...``)."""
+    """For each ``unset`` input: where a value was looked for (``not set: ...``), with any near secret name."""
     looked = {}
     for spec in INPUTS:
+        if spec.name not in unset:
+            continue
         places = [f"input {spec.name}"]
         names = by_secret.candidates.get(spec.name, [])
         if names:
@@ -167,14 +169,14 @@ def _looked_for(
     return looked
 
 
-def _scalar(value: Any, where: str) -> str:  # YAML gives any type
+def _scalar(value: Any) -> str | None:  # YAML gives any type; None for one no input takes
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str | int | float):
         return str(value)
     if isinstance(value, list) and all(isinstance(item, str | int) for item in value):
         return "\n".join(str(item) for item in value)
-    raise SettingsError(f"{where}: expected a text, number, boolean or list of texts, got a {type(value).__name__}")
+    return None
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:
@@ -245,11 +247,12 @@ def _section(data: Any, path: tuple[str, ...], file: _File, into: dict[str, tupl
                     hint="Keys are the action's input names (kebab-case); a typo must not silently do nothing.",
                 )
             )
+        elif (text := _scalar(value)) is None:
+            problems.append(
+                file.error(where, f"expected a text, number, boolean or list of texts, got a {type(value).__name__}")
+            )
         else:
-            try:
-                into[name] = (_scalar(value, f"{file.name}: {'.'.join(where)}"), file.origin(where))
-            except SettingsError as exc:
-                problems.append(file.error(where, exc.message.rpartition(": ")[2]))
+            into[name] = (text, file.origin(where))
     if problems:
         raise SettingsProblems.of(problems)
 
@@ -353,13 +356,13 @@ def layer(explicit: Mapping[str, str], environ: Mapping[str, str], flags: Collec
     origins.pop("secrets", None)
     token = source.get(REGISTRY_TOKEN, "").strip()
     registry_token = bool(token) and not any(name in given for name in REGISTRY_TOKEN_FILLS)
-    looked = _looked_for(
-        by_secret, source, prefix, json_source=json_source, file=str(path) if full_path.is_file() else ""
-    )
+    file = str(path) if full_path.is_file() else ""
+    unset = {spec.name for spec in INPUTS} - set(values)
+    looked = _looked_for(by_secret, source, prefix, json_source=json_source, file=file, unset=unset)
     return Layered(
         values=values,
         origins=origins,
-        looked={name: text for name, text in looked.items() if name not in values},
+        looked=looked,
         secret_values=list(by_secret.values.values()),
         registry_token=registry_token,
         prefix=prefix,

@@ -222,8 +222,10 @@ def _migrations_table(run: RunResult) -> list[str]:
         return ["", _changes(run)] if run.state_unknown else []
     timed = bool(run.migration_seconds)
     lines = ["", _changes(run), *_slowest(run), ""]
-    lines += ["| app | migration | state | seconds |", "|---|---|---|---:|"] if timed else []
-    lines += [] if timed else ["| app | migration | state |", "|---|---|---|"]
+    if timed:
+        lines += ["| app | migration | state | seconds |", "|---|---|---|---:|"]
+    else:
+        lines += ["| app | migration | state |", "|---|---|---|"]
     marks = {
         State.APPLIED: "✓ applied",
         State.PENDING: "… pending",
