@@ -1,13 +1,28 @@
-"""Small asyncio helpers for ending work cleanly when cancellations arrive more than once (stdlib only)."""
+"""Small asyncio helpers: the run's event loop, and ending work cleanly when cancels arrive more than once."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 _T = TypeVar("_T")
+
+# uvloop's loop and transports are C: the forward's Python work per packet is what a query through the
+# tunnel pays (docs/performance.md). BASTION_MIGRATE_EVENT_LOOP=asyncio runs on the standard library's.
+EVENT_LOOP_VARIABLE = "BASTION_MIGRATE_EVENT_LOOP"
+
+
+def loop_factory(environ: Mapping[str, str]) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """The event loop to run on (its name, and its factory; None for asyncio's own)."""
+    if environ.get(EVENT_LOOP_VARIABLE, "").strip().lower() == "asyncio":
+        return "asyncio", None
+    try:
+        import uvloop  # noqa: PLC0415 - imported only when the run starts its loop
+    except ImportError:  # a platform without a uvloop wheel: the standard loop does the same, slower
+        return "asyncio", None
+    return "uvloop", uvloop.new_event_loop
 
 
 async def stop(*tasks: asyncio.Future[Any]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from bastion_action import NAME, __version__, pipeline, report, settings, sources, summary
+from bastion_action import NAME, __version__, aio, pipeline, report, settings, sources, summary
 from bastion_action.errors import InternalError, SettingsError, Stage
 from bastion_action.gha import Console
 from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, close_matches, raw_from_environ
@@ -91,7 +91,7 @@ async def _execute(parsed: settings.Settings, console: Console) -> tuple[RunResu
     """Run the pipeline; SIGTERM/SIGINT cancel it, and cleanup still runs before we report."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    assert task is not None  # noqa: S101 - always inside asyncio.run
+    assert task is not None  # noqa: S101 - always inside the Runner
     received: list[int] = []
 
     def cancel(signum: int) -> None:
@@ -226,7 +226,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     console.debugging = parsed.debug
     _debug_settings(console, parsed)
     local.become_subreaper()
-    run, signum = asyncio.run(_execute(parsed, console))
+    loop_name, factory = aio.loop_factory(environ)
+    console.debug(f"event loop: {loop_name}")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        run, signum = runner.run(_execute(parsed, console))
     if signum is not None and run.result is not Result.SUCCESS:
         run.exit_code = EXIT_SIGNAL_BASE + signum  # the exit-code output and the status agree
     return _finish(console, run, environ)

@@ -210,7 +210,13 @@ class _Command(asyncio.Protocol):
 
 
 class _Channel(asyncssh.SSHTCPSession[bytes]):
-    """The SSH side of one command connection: what the database sends goes to the command's socket."""
+    """The SSH side of one command connection: what the database sends goes to the command's socket.
+
+    These callbacks run inside asyncssh's packet handling, where an exception ends the whole SSH
+    connection (every database's forward, in fan-out). The command's socket may be closed under
+    them at any moment; then what arrives is dropped, as asyncio's transports do silently and
+    uvloop's do not (they raise on a closed transport).
+    """
 
     def __init__(self, command: _Command) -> None:
         self._command = command
@@ -218,24 +224,29 @@ class _Channel(asyncssh.SSHTCPSession[bytes]):
         self._transport = command.transport
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:  # noqa: ARG002
-        self._transport.write(data)
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(data)
 
     def eof_received(self) -> bool:
         self._command.remote_eof = True
-        # An exception here would end the whole SSH connection, and shutdown() fails on a socket
-        # the command has reset (ENOTCONN) before asyncio noticed.
-        with contextlib.suppress(OSError):
-            self._transport.write_eof()
-        if self._command.eof:
-            self._transport.close()
+        transport = self._transport
+        if not transport.is_closing():
+            # shutdown() fails on a socket the command has reset (ENOTCONN) before the loop noticed.
+            with contextlib.suppress(OSError):
+                transport.write_eof()
+            if self._command.eof:
+                transport.close()
         # True: the command may still send on its side (asyncssh would otherwise send our EOF at once).
         return True
 
     def pause_writing(self) -> None:
-        self._transport.pause_reading()
+        if not self._transport.is_closing():
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._transport.resume_reading()
+        if not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002
         self._transport.close()

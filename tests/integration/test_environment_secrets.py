@@ -66,3 +66,4 @@ def test_runner_debug_logs_every_stage_with_no_secret(action, base_inputs) -> No
         assert f"::debug::stage {stage}: ended after " in "\n".join(debug), stage
     assert any(line.startswith("::debug::tunnel: ") for line in debug)
     assert any("command: exit code 0" in line for line in debug)
+    assert "::debug::event loop: uvloop" in debug, "the run is on uvloop unless told otherwise"

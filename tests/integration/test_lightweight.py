@@ -110,13 +110,17 @@ def test_bad_input_is_named_before_any_connection(action, base_inputs) -> None:
     assert "ssh-host: required" in missing.annotations[0]
 
 
-def test_showmigrations_then_migrate_then_nothing_left(action, base_inputs, lab, fresh_db) -> None:
-    show = action({**base_inputs, "command": "showmigrations"})
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_showmigrations_then_migrate_then_nothing_left(action, base_inputs, lab, fresh_db, loop) -> None:
+    # The whole path on the run's event loop (uvloop) and on the one BASTION_MIGRATE_EVENT_LOOP falls back to.
+    env = {"BASTION_MIGRATE_EVENT_LOOP": loop, "RUNNER_DEBUG": "1"}
+    show = action({**base_inputs, "command": "showmigrations"}, extra_env=env)
+    assert f"::debug::event loop: {loop}" in show.stdout
     assert show.returncode == 0, show.explain()
     assert "[ ] 0001_initial" in show.stdout
     assert applied_rows(lab, fresh_db) == 0
 
-    migrate = action({**base_inputs, "command": "migrate"})
+    migrate = action({**base_inputs, "command": "migrate"}, extra_env=env)
     assert migrate.returncode == 0, migrate.explain()
     assert migrate.outputs["result"] == "success"
     assert migrate.stdout.count("Applying ") == len(SAMPLE_MIGRATIONS)
@@ -124,12 +128,12 @@ def test_showmigrations_then_migrate_then_nothing_left(action, base_inputs, lab,
     seeded = admin_sql(lab, "SELECT string_agg(code, ',' ORDER BY code) FROM orders_status", fresh_db)
     assert seeded == "cancelled,new,paid,shipped", "the data migration ran"
 
-    again = action({**base_inputs, "command": "migrate"})
+    again = action({**base_inputs, "command": "migrate"}, extra_env=env)
     assert again.returncode == 0, again.explain()
     assert "No migrations to apply." in again.stdout
     assert applied_rows(lab, fresh_db) == len(SAMPLE_MIGRATIONS)
 
-    after = action({**base_inputs, "command": "showmigrations"})
+    after = action({**base_inputs, "command": "showmigrations"}, extra_env=env)
     assert "[ ]" not in after.stdout
     assert after.stdout.count("[X]") == len(SAMPLE_MIGRATIONS)
 

@@ -1,4 +1,4 @@
-"""Ending work when cancellations arrive more than once: cleanup is never cut short."""
+"""The run's event loop; ending work when cancellations arrive more than once: cleanup is never cut short."""
 
 from __future__ import annotations
 
@@ -72,3 +72,13 @@ async def test_stop_waits_for_every_task_and_swallows_their_failures() -> None:
     await aio.stop(failing, sleeping)
     assert sleeping.cancelled()
     assert isinstance(failing.exception(), RuntimeError)
+
+
+def test_the_run_is_on_uvloop_unless_the_environment_asks_for_asyncio() -> None:
+    import uvloop  # noqa: PLC0415
+
+    name, factory = aio.loop_factory({})
+    assert (name, factory) == ("uvloop", uvloop.new_event_loop)
+    for asked in ("asyncio", " AsyncIO "):
+        assert aio.loop_factory({aio.EVENT_LOOP_VARIABLE: asked}) == ("asyncio", None)
+    assert aio.loop_factory({aio.EVENT_LOOP_VARIABLE: ""})[0] == "uvloop"

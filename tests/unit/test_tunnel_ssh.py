@@ -152,6 +152,9 @@ def through(jump: SSHD, bastion: SSHD, **overrides: Any) -> Any:
     return bastion.settings(**(fields | overrides))
 
 
+# The in-process jump server forwards with asyncssh's own server-side forwarder, which stalls on uvloop
+# (the client does not: tests/integration/test_jump.py runs the action on uvloop through OpenSSH hops).
+@pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_jump_host_chain_forwards_through_both_servers(echo: Target) -> None:
     async with jump_and_bastion() as (jump, bastion):
         ssh = through(jump, bastion)
@@ -172,6 +175,9 @@ async def test_jump_host_chain_forwards_through_both_servers(echo: Target) -> No
     assert await pending_tasks() == set()
 
 
+# The in-process jump server forwards with asyncssh's own server-side forwarder, which stalls on uvloop
+# (the client does not: tests/integration/test_jump.py runs the action on uvloop through OpenSSH hops).
+@pytest.mark.asyncio(loop_factories=["asyncio"])
 async def test_jump_host_errors_name_the_hop() -> None:
     async with jump_and_bastion() as (jump, bastion):
         wrong_key = await connect_error(through(jump, bastion, known_hosts=jump.known_hosts))
