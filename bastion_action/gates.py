@@ -13,7 +13,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import asyncssh
+from bastion_action.sshlib import asyncssh
 
 if TYPE_CHECKING:
     from bastion_action.tunnel import Tunnel

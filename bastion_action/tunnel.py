@@ -8,12 +8,11 @@ import dataclasses
 import socket
 from collections.abc import AsyncIterator
 
-import asyncssh
-
 from bastion_action import loopback
 from bastion_action.errors import ActionError, ProbeError, SettingsError, TunnelError
 from bastion_action.gates import Gate, gate, lean_packets
 from bastion_action.settings import JumpHost, SSHSettings
+from bastion_action.sshlib import asyncssh
 
 # A dead link is declared after this many unanswered keepalives (ronf/asyncssh#471:
 # without keepalives asyncssh never notices a silently dead peer).

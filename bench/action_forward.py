@@ -1,12 +1,14 @@
 """The action's forward as the command uses it (the gate over the SSH tunnel), in a process of its own.
 
-Prints the local port on stdout, then forwards until stdin closes.
+Prints the local port on stdout, then forwards until stdin closes; on the action's event loop
+(uvloop; BASTION_MIGRATE_EVENT_LOOP=asyncio for the standard library's).
 Usage: python bench/action_forward.py  (reads the lab from lab.json)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import action_inputs, load_lab
 
-from bastion_action import gates, loopback, settings, tunnel
+from bastion_action import aio, gates, loopback, settings, tunnel
 
 
 async def main() -> None:
@@ -32,4 +34,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=aio.loop_factory(os.environ)[1]) as runner:  # the action's own event loop
+        runner.run(main())

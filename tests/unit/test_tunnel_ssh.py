@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -13,6 +17,8 @@ from sshd import HOST, SSHD, Target, closed_port, pending_tasks, refuses, silent
 
 from bastion_action import gates, loopback, tunnel
 from bastion_action.errors import Stage, TunnelError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 OTHER_FINGERPRINT = "SHA256:" + "A" * 43
 
@@ -336,3 +342,27 @@ async def test_an_rsa_host_key_is_accepted_with_sha2_signatures(rsa_host_key: as
         ssh = server.settings()
         async with tunnel.open_tunnel(ssh, tunnel.load_credentials(ssh), echo.host, echo.port) as opened:
             assert await echoes(opened.port) == b"ping"
+
+
+def test_asyncssh_loads_without_running_a_process_and_offers_the_same_algorithms_on_every_runner() -> None:
+    # A fresh interpreter, so this import is asyncssh's first: its search for liboqs and nettle ran
+    # ldconfig, the C compiler and the linker (about 30 ms of every run); the action needs neither.
+    script = """
+import ctypes.util, json, sys
+spawned = []
+sys.addaudithook(lambda event, args: spawned.append(str(args[0])) if event == "subprocess.Popen" else None)
+search = ctypes.util.find_library
+import bastion_action.tunnel
+from asyncssh.crypto import pq
+from asyncssh import mac
+print(json.dumps({
+    "spawned": spawned,
+    "restored": ctypes.util.find_library is search,
+    "sntrup": pq.sntrup_available,
+    "mlkem": pq.mlkem_available,
+    "umac": any(name.startswith(b"umac") for name in mac.get_mac_algs()),
+}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    found = json.loads(done.stdout)
+    assert found == {"spawned": [], "restored": True, "sntrup": False, "mlkem": True, "umac": False}
