@@ -125,3 +125,36 @@ def test_a_role_that_may_not_read_django_migrations_fails_the_probe_naming_it(ac
         f"facts in database '{fresh_db}': permission denied for table django_migrations"
     ), run.explain()
     assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_hostile_input_values_shown_in_the_resolved_inputs_group_forge_nothing(action, base_inputs, lab, tmp_path):
+    # The group shows every non-secret value as given. A value with a line break is refused before it
+    # is shown (a workflow command must start a line); one without shows as text inside the group.
+    inline = "shop ::error::forged error ::endgroup:: ::set-output name=result::x"
+    project = tmp_path / inline
+    shutil.copytree(lab["sample_project"], project, ignore=shutil.ignore_patterns("__pycache__"))
+    inputs = {**base_inputs, "command": "showmigrations", "working-directory": str(project)}
+    for hostile in (f"{project}\n::error::forged", f"{project}\r::warning::forged", f"{project}\u2028::notice::x"):
+        refused = action({**inputs, "working-directory": hostile})
+        own_commands_only(runner_commands(refused.stdout), "settings")
+        assert "working-directory: expected a single line without control characters" in refused.annotations[0]
+        honest_outputs(refused.outputs)
+        assert "forged" not in "".join(runner_commands(refused.stdout))
+
+    run = action({**inputs, "args": "catalog ::error::forged-args ::endgroup::"})
+    assert run.returncode != 0, run.explain()  # Django refuses those app labels
+    own_commands_only(runner_commands(run.stdout), "command")
+    honest_outputs(run.outputs)
+    shown = run.stdout[run.stdout.index("::group::resolved inputs\n") : run.stdout.index("\n::endgroup::\n")]
+    assert any(line.startswith("working-directory: '/tmp/") for line in shown.splitlines())  # shown, shortened
+    assert "args: 'catalog ::error::forged-args ::endgroup::'" in shown
+
+    ok = action({**inputs, "args": "catalog"})
+    assert ok.returncode == 0, ok.explain()
+    assert [line for line in runner_commands(ok.stdout) if not line.startswith("::add-mask::")] == [
+        "::group::resolved inputs",
+        "::endgroup::",
+        f"::group::{lab['runner_python']} manage.py showmigrations catalog",
+        "::endgroup::",
+    ]
+    assert ok.outputs["result"] == "success"
