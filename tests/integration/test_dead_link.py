@@ -196,3 +196,52 @@ def test_with_the_default_inputs_the_link_is_named_and_the_lock_freed_within_its
     assert lock_gone < 60 + 30, f"lock gone after {lock_gone:.1f} s"
     # The heartbeat (every 20 s) goes unanswered within 40 s; the keepalives declare the link dead within 4 x 15 s.
     assert noticed < 40 + 60 + 5, f"noticed after {noticed:.1f} s\n{run.explain()}"
+
+
+def test_a_dead_link_mid_rollback_frees_the_lock_and_unapplies_nothing(base_inputs, lab, fresh_db, tmp_path) -> None:
+    """A rollback's process is stopped like a migrate's: the link named, the lock freed by its lease,
+    the backwards migration's transaction ended by the server and rolled back with it."""
+    workdir = tmp_path / "migrate"
+    migrated = finish_action(start_action({**base_inputs, "command": "migrate"}, workdir), workdir, time.monotonic())
+    assert migrated.returncode == 0, migrated.explain()
+    inputs = {
+        **base_inputs,
+        "command": "rollback",
+        "rollback-targets": json.dumps({"audit": "0001_initial"}),
+        "ssh-keepalive-interval": f"{KEEPALIVE:g}",
+        "lock-lease-seconds": str(LEASE),
+        "db-idle-in-transaction-timeout": str(IDLE_IN_TRANSACTION),
+        "extra-env": f"SAMPLE_ROLLBACK_SLEEP={SLEEP}",
+    }
+    started = time.monotonic()
+    process = start_action(inputs, tmp_path / "dead")
+    address, port = "", 0
+    try:
+        wait_for(lambda: _sleeping(lab, fresh_db), "pg_sleep in the backwards migration")
+        address, port = ssh_connection_of(process.pid, lab)
+        with silenced_connection(lab, address, port):
+            cut = time.monotonic()
+            run = finish_action(process, tmp_path / "dead", started, timeout=30)
+            noticed = time.monotonic() - cut
+            wait_for(lambda: action_locks(lab, fresh_db) == 0, "the lock freed by its lease", LEASE + 30)
+            lock_gone = time.monotonic() - cut
+            wait_for(lambda: not command_sessions(lab, fresh_db), "the rollback's session ended", 40)
+            assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if port:
+            end_bastion_side(lab, address, port)
+    assert_failed_in(run, "tunnel")
+    assert noticed < 4 * KEEPALIVE + 2, f"noticed after {noticed:.1f} s\n{run.explain()}"
+    assert lock_gone < LEASE + 5, f"the lock outlived the link by {lock_gone:.1f} s"
+    assert sorted(_recorded(lab, fresh_db)) == sorted(SAMPLE_MIGRATIONS), "the backwards step rolled back"
+    assert json.loads(run.outputs.get("unapplied") or "[]") == []
+
+    again = finish_action(
+        start_action({**inputs, "extra-env": ""}, tmp_path / "again"), tmp_path / "again", time.monotonic()
+    )
+    assert again.returncode == 0, again.explain()
+    assert json.loads(again.outputs["unapplied"]) == ["audit.0002_test_hooks"]
+    assert "audit.0002_test_hooks" not in _recorded(lab, fresh_db)

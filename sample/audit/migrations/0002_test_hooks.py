@@ -11,7 +11,9 @@ fail on demand, without a second sample project:
   environment line cannot hold them), ``::`` as it is, i.e. a migration whose output
   is hostile;
 - ``SAMPLE_MIGRATION_LINE_BYTES=N``: print one line of N bytes between two DDL
-  statements, i.e. a migration with a huge output line half-way.
+  statements, i.e. a migration with a huge output line half-way;
+- ``SAMPLE_ROLLBACK_SLEEP=N``: when the migration is unapplied, sleep N seconds in the
+  database, i.e. a long-running rollback.
 
 With none of these set it does nothing. It depends on the other apps' last
 migrations so that it is always the last one in the plan.
@@ -43,6 +45,13 @@ def run_test_hooks(apps, schema_editor):
         raise RuntimeError("audit.0002_test_hooks: failing on purpose (SAMPLE_MIGRATION_FAIL)")
 
 
+def run_rollback_hooks(apps, schema_editor):
+    seconds = os.environ.get("SAMPLE_ROLLBACK_SLEEP")
+    if seconds:
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(%s)", [float(seconds)])
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -52,5 +61,5 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(run_test_hooks, migrations.RunPython.noop),
+        migrations.RunPython(run_test_hooks, run_rollback_hooks),
     ]
