@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 from support import (
     SAMPLE_MIGRATIONS,
@@ -23,7 +24,9 @@ from support import (
     admin_sql,
     assert_failed_in,
     finish_action,
+    owned_databases,
     start_action,
+    unique,
     wait_for,
 )
 
@@ -245,3 +248,85 @@ def test_a_dead_link_mid_rollback_frees_the_lock_and_unapplies_nothing(base_inpu
     assert again.returncode == 0, again.explain()
     assert json.loads(again.outputs["unapplied"]) == ["audit.0002_test_hooks"]
     assert "audit.0002_test_hooks" not in _recorded(lab, fresh_db)
+
+
+@contextlib.contextmanager
+def table_locked(lab: Lab, database: str, table: str) -> Iterator[None]:
+    """An admin session holds ACCESS EXCLUSIVE on ``table`` until the block ends: every reader of it waits."""
+    argv = list(lab["db_admin_argv"])
+    argv[argv.index("-d") + 1] = database
+    session = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert session.stdin is not None
+    session.stdin.write(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);\n")
+    session.stdin.flush()
+    try:
+        wait_for(lambda: _lock_held(lab, database, table), f"the lock on {table}")
+        yield
+    finally:
+        session.kill()
+        session.wait()
+        session.stdin.close()
+
+
+def _lock_held(lab: Lab, database: str, table: str) -> bool:
+    query = f"SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock'"  # noqa: S608 - the test's own table name
+    return admin_sql(lab, query, database) == "1"
+
+
+def _waiting_readers(lab: Lab, database: str) -> int:
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+        "AND application_name <> 'bastion-migrate'"
+    )
+    return int(admin_sql(lab, query, database))
+
+
+def _project_processes(lab: Lab) -> list[psutil.Process]:
+    """The sample project's Django processes (resident or not) still alive on the runner."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd", "status"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = process.info["cmdline"] or []
+            ours = "manage.py" in cmdline and process.info["cwd"] == lab["sample_project"]
+            if ours and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def test_a_dead_link_mid_fan_out_ends_the_resident_processes_and_names_the_link(base_inputs, lab, tmp_path) -> None:
+    """Read-only fan-out: resident Django processes serve the databases in turn. One of them waits on a
+    database whose django_migrations is locked when the link goes silent: the run ends on the link,
+    within the keepalives, and leaves no Django process behind."""
+    with owned_databases(lab, [unique("dl") for _ in range(4)]) as names:
+        inputs = {**base_inputs, "db-name": "", "databases": "\n".join(names), "concurrency": "2"}
+        workdir = tmp_path / "migrate"
+        migrated = finish_action(start_action({**inputs, "command": "migrate"}, workdir), workdir, time.monotonic())
+        assert migrated.returncode == 0, migrated.explain()
+        before = {process.pid for process in _project_processes(lab)}
+        inputs = {**inputs, "command": "showmigrations", "ssh-keepalive-interval": f"{KEEPALIVE:g}"}
+        address, port = "", 0
+        with table_locked(lab, names[1], "django_migrations"):
+            started = time.monotonic()
+            process = start_action(inputs, tmp_path / "dead")
+            try:
+                wait_for(lambda: _waiting_readers(lab, names[1]) > 0, "the command waiting on the locked table")
+                address, port = ssh_connection_of(process.pid, lab)
+                serving = [p for p in _project_processes(lab) if p.pid not in before]
+                assert serving, "the resident Django processes are seen while they serve"
+                with silenced_connection(lab, address, port):
+                    cut = time.monotonic()
+                    run = finish_action(process, tmp_path / "dead", started, timeout=30)
+                    noticed = time.monotonic() - cut
+                    left = [p for p in _project_processes(lab) if p.pid not in before]
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                if port:
+                    end_bastion_side(lab, address, port)
+    assert_failed_in(run, "command")  # fan-out: the run's failure names the databases; each names the link
+    assert noticed < 4 * KEEPALIVE + 2, f"noticed after {noticed:.1f} s\n{run.explain()}"
+    per_database = json.loads(run.outputs["databases"])
+    assert per_database[names[1]]["result"] == "failure"
+    assert per_database[names[1]]["error"].startswith("tunnel: the SSH connection to the bastion ended"), per_database
+    assert left == [], f"Django processes left behind: {[p.cmdline() for p in left]}"
