@@ -16,12 +16,13 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from bastion_action.errors import SettingsError, SettingsProblems
 from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, Origin, Source, did_you_mean
+
+if TYPE_CHECKING:
+    import yaml
 
 DEFAULT_CONFIG_FILE = INPUTS_BY_NAME["config-file"].default
 
@@ -181,6 +182,8 @@ def _scalar(value: Any) -> str | None:  # YAML gives any type; None for one no i
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     """The line of every key of the file's first three mapping levels: ("environments", "dev", "db-port") -> 7."""
+    import yaml  # noqa: PLC0415 - only a run with a topology file reads YAML (its import is ~12 ms)
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -258,6 +261,8 @@ def _section(data: Any, path: tuple[str, ...], file: _File, into: dict[str, tupl
 
 
 def _load_yaml(path: Path, name: str) -> tuple[Any, str]:
+    import yaml  # noqa: PLC0415 - only a run with a topology file reads YAML (its import is ~12 ms)
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
