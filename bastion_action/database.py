@@ -241,7 +241,8 @@ async def session(
 
 async def _describe(connection: asyncpg.Connection, *, ca_verified: bool, verified_as: str | None) -> ServerInfo:
     started = time.perf_counter()
-    await connection.fetchval("SELECT 1")
+    # One round trip: without arguments asyncpg sends a simple query (fetchval would prepare first: two).
+    await connection.execute("SELECT 1")
     rtt_ms = (time.perf_counter() - started) * 1000
     row = await connection.fetchrow(
         """
