@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_MAX_PACKET = 256 * 1024
 
+# The command's socket buffers this much of what the database sent before the channel stops reading:
+# a few of the channel's largest packets, not the event loop's 64 KiB (less than one such packet).
+COMMAND_WRITE_BUFFER = 4 * CHANNEL_MAX_PACKET
+
 # Bytes a held connection may send before the gate opens; beyond them the kernel queues the rest,
 # and reading on (rather than pausing at once) is what notices a command that gives up while held.
 _HOLD_LIMIT = 256 * 1024
@@ -134,6 +138,7 @@ class _Command(asyncio.Protocol):
         if sock is not None:
             # Not left to the event loop's defaults: every query is a small write waiting for its answer.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=COMMAND_WRITE_BUFFER)  # type: ignore[attr-defined]
         self._gate._accepted(self)  # noqa: SLF001
 
     def data_received(self, data: bytes) -> None:

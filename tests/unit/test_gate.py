@@ -185,7 +185,9 @@ async def test_each_query_leaves_as_one_packet_in_one_socket_write(sshd: SSHD, e
         assert str(connection.get_extra_info("send_cipher")).endswith("gcm@openssh.com")
 
 
-async def test_channels_advertise_a_large_window_and_packet(sshd: SSHD, echo: Target) -> None:
+async def test_channels_advertise_a_large_window_and_packet_and_the_command_socket_buffers_a_few(
+    sshd: SSHD, echo: Target
+) -> None:
     async with forwarded(sshd, echo) as opened:
         reader, writer = await client(opened.port)
         writer.write(b"x")
@@ -195,6 +197,8 @@ async def test_channels_advertise_a_large_window_and_packet(sshd: SSHD, echo: Ta
         assert command.channel is not None
         assert command.channel._init_recv_window == gates.CHANNEL_WINDOW
         assert command.channel._recv_pktsize == gates.CHANNEL_MAX_PACKET
+        # The loop's default (64 KiB) would stop the channel's reading on every large packet.
+        assert transport(command).get_write_buffer_limits()[1] == gates.COMMAND_WRITE_BUFFER
 
 
 async def digest_after_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -252,8 +256,8 @@ async def test_flow_control_stops_the_database_when_the_command_does_not_read(ss
         writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         await stalled(lambda: source.sent)
         (command,) = commands(opened.forwards)  # type: ignore[arg-type]
-        # The gate keeps at most about its write buffer's high-water mark, not the backlog.
-        assert transport(command).get_write_buffer_size() < MB
+        # The gate keeps at most its write buffer's high-water mark and one packet, not the backlog.
+        assert transport(command).get_write_buffer_size() <= gates.COMMAND_WRITE_BUFFER + gates.CHANNEL_MAX_PACKET
         assert source.sent < len(source.payload)
         assert await read_to_end(reader, 20) == source.payload
         writer.close()
