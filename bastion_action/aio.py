@@ -14,15 +14,17 @@ _T = TypeVar("_T")
 EVENT_LOOP_VARIABLE = "BASTION_MIGRATE_EVENT_LOOP"
 
 
-def loop_factory(environ: Mapping[str, str]) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
-    """The event loop to run on (its name, and its factory; None for asyncio's own)."""
-    if environ.get(EVENT_LOOP_VARIABLE, "").strip().lower() == "asyncio":
-        return "asyncio", None
+def loop_factory(environ: Mapping[str, str]) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """The event loop to run on: its name, its factory (None for asyncio's own), and a problem with the variable."""
+    asked = environ.get(EVENT_LOOP_VARIABLE, "").strip().lower()
+    if asked == "asyncio":
+        return "asyncio", None, ""
+    problem = "" if asked in {"", "uvloop"} else f"{EVENT_LOOP_VARIABLE}: expected asyncio or uvloop, got {asked!r}"
     try:
         import uvloop  # noqa: PLC0415 - imported only when the run starts its loop
     except ImportError:  # a platform without a uvloop wheel: the standard loop does the same, slower
-        return "asyncio", None
-    return "uvloop", uvloop.new_event_loop
+        return "asyncio", None, problem
+    return "uvloop", uvloop.new_event_loop, problem
 
 
 async def stop(*tasks: asyncio.Future[Any]) -> None:

@@ -226,7 +226,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     console.debugging = parsed.debug
     _debug_settings(console, parsed)
     local.become_subreaper()
-    loop_name, factory = aio.loop_factory(environ)
+    loop_name, factory, problem = aio.loop_factory(environ)
+    if problem:
+        console.warning(f"{problem}; running on {loop_name}")
     console.debug(f"event loop: {loop_name}")
     with asyncio.Runner(loop_factory=factory) as runner:
         run, signum = runner.run(_execute(parsed, console))

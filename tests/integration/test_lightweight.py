@@ -40,6 +40,14 @@ def test_probe_with_password_auth(action, base_inputs) -> None:
     assert run.stdout.startswith("::add-mask::"), "masks come before anything else"
 
 
+def test_an_unknown_event_loop_name_is_warned_about_and_the_run_goes_on(action, base_inputs) -> None:
+    run = action(base_inputs, extra_env={"BASTION_MIGRATE_EVENT_LOOP": "asycnio", "RUNNER_DEBUG": "1"})
+    assert run.returncode == 0, run.explain()
+    warning = "BASTION_MIGRATE_EVENT_LOOP: expected asyncio or uvloop, got 'asycnio'; running on uvloop"
+    assert run.annotations == [f"::warning title=bastion-migrate::{warning}"], run.explain()
+    assert "::debug::event loop: uvloop" in run.stdout
+
+
 def test_probe_with_key_auth_and_fingerprint_only(action, base_inputs, lab) -> None:
     inputs = {
         **base_inputs,

@@ -77,8 +77,9 @@ async def test_stop_waits_for_every_task_and_swallows_their_failures() -> None:
 def test_the_run_is_on_uvloop_unless_the_environment_asks_for_asyncio() -> None:
     import uvloop  # noqa: PLC0415
 
-    name, factory = aio.loop_factory({})
-    assert (name, factory) == ("uvloop", uvloop.new_event_loop)
+    assert aio.loop_factory({}) == ("uvloop", uvloop.new_event_loop, "")
     for asked in ("asyncio", " AsyncIO "):
-        assert aio.loop_factory({aio.EVENT_LOOP_VARIABLE: asked}) == ("asyncio", None)
-    assert aio.loop_factory({aio.EVENT_LOOP_VARIABLE: ""})[0] == "uvloop"
+        assert aio.loop_factory({aio.EVENT_LOOP_VARIABLE: asked}) == ("asyncio", None, "")
+    assert aio.loop_factory({aio.EVENT_LOOP_VARIABLE: "uvloop"})[0] == "uvloop"
+    name, _, problem = aio.loop_factory({aio.EVENT_LOOP_VARIABLE: "asycnio"})
+    assert (name, problem) == ("uvloop", "BASTION_MIGRATE_EVENT_LOOP: expected asyncio or uvloop, got 'asycnio'")
