@@ -167,13 +167,25 @@ def test_environment_job_with_plain_secret_names(
     run.expect(results.get("assert") == "success", f"the workflow's assertion step: {results}")
     run.expect(outputs.get("result") == "success", f"migrate outputs: {outputs}")
     run.expect(outputs.get("applied-count") == str(len(SAMPLE)), f"migrate outputs: {outputs}")
+    # The rollback took the migrate's rollback-targets output through the workflow and unapplied it all.
+    back, again = run.log.outputs().get("rollback", {}), run.log.outputs().get("remigrate", {})
+    run.expect(results.get("rollback") == "success", f"step results: {results}; rollback outputs: {back}")
+    run.expect(
+        json.loads(outputs.get("rollback-targets", "null")) == dict.fromkeys(("audit", "catalog", "orders"), "zero"),
+        f"rollback-targets {outputs.get('rollback-targets')}",
+    )
+    run.expect(sorted(json.loads(back.get("unapplied", "[]"))) == SAMPLE, f"rollback outputs: {back}")
+    run.expect(
+        results.get("remigrate") == "success" and again.get("applied-count") == str(len(SAMPLE)),
+        f"step results: {results}; remigrate outputs: {again}",
+    )
 
     # The log's resolved inputs name the plain secrets that filled the inputs (names, never values).
     for name, secret in (("ssh-host", "HOST"), ("db-password", "DB_PASSWORD"), ("db-name", "DB_NAME")):
         line = f"{name}: from environment secret {secret} (secrets input)"
         run.expect(line in run.raw, f"the log does not say {line!r}")
 
-    # The database named by the plain DB_NAME secret holds the sample's migrations.
+    # The database named by the plain DB_NAME secret holds the sample's migrations (applied again).
     in_db = recorded(lab, staging_db)
     run.expect(sorted(in_db) == SAMPLE, f"{staging_db}.django_migrations holds {in_db}")
-    run.expect(json.loads(outputs.get("applied", "null")) == in_db, f"applied {outputs.get('applied')}")
+    run.expect(json.loads(again.get("applied", "null")) == in_db, f"re-applied {again.get('applied')}")

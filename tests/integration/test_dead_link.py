@@ -9,11 +9,12 @@ the PostgreSQL connections it forwards open for hours; the lock's lease and the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -83,6 +84,42 @@ def end_bastion_side(lab: Lab, address: str, port: int) -> None:
         subprocess.run(["kill", "-KILL", str(pid)], check=False)
 
 
+@dataclasses.dataclass
+class Cut:
+    """The running action's SSH connection, silenced at the bastion: its runner-side address and port."""
+
+    lab: Lab
+    address: str = ""
+    port: int = 0
+    at: float = 0.0  # time.monotonic() of the cut
+
+    def since(self) -> float:
+        return time.monotonic() - self.at
+
+    def bastion_holds_on(self) -> None:
+        """The bastion still holds the connection: what freed the server's state was not the bastion."""
+        assert bastion_side(self.lab, self.address, self.port), "the bastion let go of the connection: nothing proven"
+
+
+@contextlib.contextmanager
+def link_silenced(lab: Lab, process: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> Iterator[Cut]:
+    """Once ``ready``, silence the action's connection; on the way out the action is ended if it still
+    runs and the bastion's side of the connection (which sshd would keep for hours) is freed."""
+    cut = Cut(lab)
+    try:
+        wait_for(ready, what)
+        cut.address, cut.port = ssh_connection_of(process.pid, lab)
+        with silenced_connection(lab, cut.address, cut.port):
+            cut.at = time.monotonic()
+            yield cut
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if cut.port:
+            end_bastion_side(lab, cut.address, cut.port)
+
+
 def command_sessions(lab: Lab, database: str) -> list[str]:
     """The states of the command's own sessions (Django's, not the action's) on ``database``."""
     states = admin_sql(
@@ -105,38 +142,31 @@ def test_a_dead_link_frees_the_lock_and_the_migrations_transaction_on_the_server
         "db-idle-in-transaction-timeout": str(IDLE_IN_TRANSACTION),
         "extra-env": f"SAMPLE_MIGRATION_SLEEP={SLEEP}",
     }
+    states: set[str] = set()
+
+    def seen(now: list[str]) -> list[str]:
+        states.update(now)
+        return now
+
+    def lock_freed() -> bool:
+        seen(command_sessions(lab, fresh_db))
+        return action_locks(lab, fresh_db) == 0
+
     started = time.monotonic()
     process = start_action(inputs, tmp_path / "dead")
-    address, port = "", 0
-    try:
-        wait_for(lambda: "active" in command_sessions(lab, fresh_db) and _sleeping(lab, fresh_db), "pg_sleep")
-        address, port = ssh_connection_of(process.pid, lab)
-        states: set[str] = set()
 
-        def seen(now: list[str]) -> list[str]:
-            states.update(now)
-            return now
+    def sleeping() -> bool:
+        return "active" in command_sessions(lab, fresh_db) and _sleeping(lab, fresh_db)
 
-        def lock_freed() -> bool:
-            seen(command_sessions(lab, fresh_db))
-            return action_locks(lab, fresh_db) == 0
-
-        with silenced_connection(lab, address, port):
-            cut = time.monotonic()
-            run = finish_action(process, tmp_path / "dead", started, timeout=30)
-            noticed = time.monotonic() - cut
-            wait_for(lock_freed, "the lock freed by its lease", LEASE + 30)
-            lock_gone = time.monotonic() - cut
-            assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
-            wait_for(lambda: not seen(command_sessions(lab, fresh_db)), "the migration's session ended", 40)
-            transaction_gone = time.monotonic() - cut
-            assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if port:
-            end_bastion_side(lab, address, port)
+    with link_silenced(lab, process, sleeping, "pg_sleep") as cut:
+        run = finish_action(process, tmp_path / "dead", started, timeout=30)
+        noticed = cut.since()
+        wait_for(lock_freed, "the lock freed by its lease", LEASE + 30)
+        lock_gone = cut.since()
+        cut.bastion_holds_on()
+        wait_for(lambda: not seen(command_sessions(lab, fresh_db)), "the migration's session ended", 40)
+        transaction_gone = cut.since()
+        cut.bastion_holds_on()
     assert_failed_in(run, "tunnel")
     assert noticed < 4 * KEEPALIVE + 2, f"noticed after {noticed:.1f} s\n{run.explain()}"
     assert lock_gone < LEASE + 5, f"the lock outlived the link by {lock_gone:.1f} s"
@@ -178,23 +208,12 @@ def test_with_the_default_inputs_the_link_is_named_and_the_lock_freed_within_its
     inputs = {**base_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_SLEEP=300"}
     started = time.monotonic()
     process = start_action(inputs, tmp_path / "dead")
-    address, port = "", 0
-    try:
-        wait_for(lambda: _sleeping(lab, fresh_db), "pg_sleep")
-        address, port = ssh_connection_of(process.pid, lab)
-        with silenced_connection(lab, address, port):
-            cut = time.monotonic()
-            wait_for(lambda: action_locks(lab, fresh_db) == 0, "the lock freed by its lease", 60 + 30)
-            lock_gone = time.monotonic() - cut
-            assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
-            run = finish_action(process, tmp_path / "dead", started, timeout=150)
-            noticed = time.monotonic() - cut
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if port:
-            end_bastion_side(lab, address, port)
+    with link_silenced(lab, process, lambda: _sleeping(lab, fresh_db), "pg_sleep") as cut:
+        wait_for(lambda: action_locks(lab, fresh_db) == 0, "the lock freed by its lease", 60 + 30)
+        lock_gone = cut.since()
+        cut.bastion_holds_on()
+        run = finish_action(process, tmp_path / "dead", started, timeout=150)
+        noticed = cut.since()
     assert_failed_in(run, "tunnel")
     assert lock_gone < 60 + 30, f"lock gone after {lock_gone:.1f} s"
     # The heartbeat (every 20 s) goes unanswered within 40 s; the keepalives declare the link dead within 4 x 15 s.
@@ -218,24 +237,13 @@ def test_a_dead_link_mid_rollback_frees_the_lock_and_unapplies_nothing(base_inpu
     }
     started = time.monotonic()
     process = start_action(inputs, tmp_path / "dead")
-    address, port = "", 0
-    try:
-        wait_for(lambda: _sleeping(lab, fresh_db), "pg_sleep in the backwards migration")
-        address, port = ssh_connection_of(process.pid, lab)
-        with silenced_connection(lab, address, port):
-            cut = time.monotonic()
-            run = finish_action(process, tmp_path / "dead", started, timeout=30)
-            noticed = time.monotonic() - cut
-            wait_for(lambda: action_locks(lab, fresh_db) == 0, "the lock freed by its lease", LEASE + 30)
-            lock_gone = time.monotonic() - cut
-            wait_for(lambda: not command_sessions(lab, fresh_db), "the rollback's session ended", 40)
-            assert bastion_side(lab, address, port), "the bastion let go of the connection: nothing was proven"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if port:
-            end_bastion_side(lab, address, port)
+    with link_silenced(lab, process, lambda: _sleeping(lab, fresh_db), "pg_sleep in the backwards migration") as cut:
+        run = finish_action(process, tmp_path / "dead", started, timeout=30)
+        noticed = cut.since()
+        wait_for(lambda: action_locks(lab, fresh_db) == 0, "the lock freed by its lease", LEASE + 30)
+        lock_gone = cut.since()
+        wait_for(lambda: not command_sessions(lab, fresh_db), "the rollback's session ended", 40)
+        cut.bastion_holds_on()
     assert_failed_in(run, "tunnel")
     assert noticed < 4 * KEEPALIVE + 2, f"noticed after {noticed:.1f} s\n{run.explain()}"
     assert lock_gone < LEASE + 5, f"the lock outlived the link by {lock_gone:.1f} s"
@@ -304,26 +312,18 @@ def test_a_dead_link_mid_fan_out_ends_the_resident_processes_and_names_the_link(
         assert migrated.returncode == 0, migrated.explain()
         before = {process.pid for process in _project_processes(lab)}
         inputs = {**inputs, "command": "showmigrations", "ssh-keepalive-interval": f"{KEEPALIVE:g}"}
-        address, port = "", 0
         with table_locked(lab, names[1], "django_migrations"):
             started = time.monotonic()
             process = start_action(inputs, tmp_path / "dead")
-            try:
-                wait_for(lambda: _waiting_readers(lab, names[1]) > 0, "the command waiting on the locked table")
-                address, port = ssh_connection_of(process.pid, lab)
-                serving = [p for p in _project_processes(lab) if p.pid not in before]
-                assert serving, "the resident Django processes are seen while they serve"
-                with silenced_connection(lab, address, port):
-                    cut = time.monotonic()
-                    run = finish_action(process, tmp_path / "dead", started, timeout=30)
-                    noticed = time.monotonic() - cut
-                    left = [p for p in _project_processes(lab) if p.pid not in before]
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-                if port:
-                    end_bastion_side(lab, address, port)
+
+            def waiting() -> bool:
+                return _waiting_readers(lab, names[1]) > 0
+
+            with link_silenced(lab, process, waiting, "the command waiting on the locked table") as cut:
+                assert [p for p in _project_processes(lab) if p.pid not in before], "resident processes are seen"
+                run = finish_action(process, tmp_path / "dead", started, timeout=30)
+                noticed = cut.since()
+                left = [p for p in _project_processes(lab) if p.pid not in before]
     assert_failed_in(run, "command")  # fan-out: the run's failure names the databases; each names the link
     assert noticed < 4 * KEEPALIVE + 2, f"noticed after {noticed:.1f} s\n{run.explain()}"
     per_database = json.loads(run.outputs["databases"])
