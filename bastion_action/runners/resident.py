@@ -1,9 +1,12 @@
 """Fan-out on the runner: resident Django interpreters, each serving read-only commands for database after database.
 
 A fan-out's cost per database was one Django start-up (interpreter, imports, settings, app
-registry): on 2 cores, more than the command itself. Here at most one process per database
-worked on at once (``concurrency``) starts; each serves one database's command, then the
-next's, through ``manage.py shell -c DRIVER``:
+registry): on 2 cores, more than the command itself. Here at most ``limit`` processes start
+(``concurrency``, but no more than the CPUs the runner gives this process: a start-up is CPU
+work, and more of them at once than cores finish no sooner, while a process serves a database
+in milliseconds); each serves one database's command, then the next's, through
+``manage.py shell -c DRIVER``. A database whose command finds every process busy and the limit
+reached waits for the first one free.
 
 - a request (one JSON line: the command line and the database's URL) arrives on a pipe of its
   own, never on the command's stdin;
@@ -234,13 +237,23 @@ class _Resident:
         await aio.stop(self.task)
 
 
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity, as a container's or a runner's limit sets it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API on this platform
+        return max(1, os.cpu_count() or 1)
+
+
 class ResidentRunner:
     """A ``LocalRunner`` whose read-only Django commands are served by resident processes (see the module)."""
 
-    def __init__(self, local: LocalRunner) -> None:
+    def __init__(self, local: LocalRunner, limit: int = 1) -> None:
         self.local = local
+        self.limit = max(1, limit)  # processes alive at once at most
         self._idle: list[_Resident] = []
         self._all: set[_Resident] = set()
+        self._freed = asyncio.Event()  # a process went back to idle, or ended
         self.started = 0  # processes started, for the debug log
         self.served = 0  # commands they served
 
@@ -257,7 +270,7 @@ class ResidentRunner:
     async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:
         if not servable(self.local.settings.app.manage_py, argv):
             return await self.local.run(argv, database_url=database_url, output=output)
-        resident = self._idle.pop() if self._idle else self._start(database_url)
+        resident = await self._resident(database_url)
         try:
             code = await resident.serve(argv, database_url, output)
         except BaseException:
@@ -266,9 +279,20 @@ class ResidentRunner:
         self.served += 1
         if resident.fit and not resident.task.done():
             self._idle.append(resident)
+            self._freed.set()
         else:
             await self._retire(resident)
         return code
+
+    async def _resident(self, database_url: str) -> _Resident:
+        """An idle process, else a new one while under the limit, else the first one that frees."""
+        while True:
+            if self._idle:
+                return self._idle.pop()
+            if len(self._all) < self.limit:
+                return self._start(database_url)
+            self._freed.clear()
+            await self._freed.wait()
 
     def _start(self, database_url: str) -> _Resident:
         settings = self.local.settings
@@ -293,6 +317,7 @@ class ResidentRunner:
 
     async def _retire(self, resident: _Resident) -> None:
         self._all.discard(resident)
+        self._freed.set()
         await resident.close()
 
     async def aclose(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,19 @@ def test_fan_out_read_only_commands_share_one_django_process(action, base_inputs
     for name in databases:
         assert f"::group::[{name}] " in run.stdout
     assert "bastion-migrate-resident-" not in run.stdout, "the end-of-command lines are never shown"
+
+
+def test_fan_out_starts_no_more_resident_processes_than_the_runner_has_cpus(action, base_inputs, databases) -> None:
+    """A Django start-up is CPU work: concurrency 8 on this runner starts at most one process per CPU."""
+    inputs = {**base_inputs, "command": "showmigrations", "db-name": "", "databases": ",".join(databases)}
+    run = action({**inputs, "concurrency": "8", "debug": "true"})
+    assert run.returncode == 0, run.explain()
+    cpus = len(os.sched_getaffinity(0))  # the action runs on this machine, with this test's affinity
+    limit = min(8, cpus)
+    found = re.search(
+        rf"resident processes: (\d+) started, 3 command\(s\) served, at most {limit} at once "
+        rf"\(concurrency 8, {cpus} CPUs\)",
+        run.stdout,
+    )
+    assert found, run.explain()
+    assert int(found.group(1)) <= min(limit, len(databases))

@@ -197,3 +197,31 @@ def test_cut_at_any_chunk_boundary() -> None:
         assert first.close() == ["one", "two"], size
         assert second.close() == ["three"], size
         assert [cutter.answers.get_nowait() for _ in range(2)] == [(0, True), (4, True)]
+
+
+async def test_no_more_processes_than_the_limit_the_others_wait_for_one_free(project: Path) -> None:
+    settings = make_settings(project, python=sys.executable, working_directory=str(project))
+    served_by = resident.ResidentRunner(local.prepare(settings, {"PATH": "/usr/bin:/bin"}), limit=2)
+    (project / "django/core/management.py").write_text(
+        FAKE["django/core/management.py"]
+        + "\n    if d['NAME'].startswith('slow'):\n        import time; time.sleep(0.2)\n"
+    )
+    names = [f"slow{n}" for n in range(5)] + ["dies", "after"]
+    try:
+        results = await asyncio.gather(*(served(served_by, name) for name in names))
+    finally:
+        await served_by.aclose()
+    assert [code for code, _ in results] == [0, 0, 0, 0, 0, 7, 0]
+    for (_, lines), name in zip(results, names, strict=True):
+        assert lines[0].split("|")[1] == name, lines
+    # Two processes served the five slow databases (waiters are served in turn); the one that died was
+    # replaced, and never was a third alive at once.
+    assert len({lines[0].split("|")[5] for _, lines in results[:5]}) == 2
+    assert served_by.started == 3
+    assert served_by.served == 7
+
+
+def test_the_limit_is_the_cpus_this_process_may_use() -> None:
+    import os  # noqa: PLC0415
+
+    assert resident.cpus() == len(os.sched_getaffinity(0))
