@@ -179,7 +179,8 @@ class _Run:
         if not settings.mode.in_image:
             if on_runner is not None and settings.targets and settings.command.read_only:
                 # One Django start-up per database was a fan-out's main cost: resident processes serve many.
-                served = resident.ResidentRunner(on_runner, limit=min(settings.concurrency, resident.cpus()))
+                limit = min(settings.concurrency, resident.cpus())
+                served = resident.ResidentRunner(on_runner, limit=limit, most=settings.concurrency)
                 stack.push_async_callback(self._close_residents, served)
                 return served, None, None
             return on_runner, None, None
@@ -199,7 +200,8 @@ class _Run:
     async def _close_residents(self, served: resident.ResidentRunner) -> None:
         self.console.debug(
             f"resident processes: {served.started} started, {served.served} command(s) served, "
-            f"at most {served.limit} at once (concurrency {self.settings.concurrency}, {resident.cpus()} CPUs)"
+            f"at most {served.limit} at once ({served.most} for databases that waited {served.patience:g} s; "
+            f"concurrency {self.settings.concurrency}, {resident.cpus()} CPUs)"
         )
         await served.aclose()
 

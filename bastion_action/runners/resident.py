@@ -1,12 +1,13 @@
 """Fan-out on the runner: resident Django interpreters, each serving read-only commands for database after database.
 
 A fan-out's cost per database was one Django start-up (interpreter, imports, settings, app
-registry): on 2 cores, more than the command itself. Here at most ``limit`` processes start
-(``concurrency``, but no more than the CPUs the runner gives this process: a start-up is CPU
-work, and more of them at once than cores finish no sooner, while a process serves a database
-in milliseconds); each serves one database's command, then the next's, through
-``manage.py shell -c DRIVER``. A database whose command finds every process busy and the limit
-reached waits for the first one free.
+registry): on 2 cores, more than the command itself. Here up to ``limit`` processes start at
+once (``concurrency``, but no more than the CPUs the runner gives this process: a start-up is
+CPU work, and more of them at once than cores finish no sooner, while a process serves a
+database in milliseconds); each serves one database's command, then the next's, through
+``manage.py shell -c DRIVER``. A database whose command finds every process busy waits for the
+first one free; if none frees within ``PATIENCE_SECONDS`` (they serve slow databases: a lock
+held, a far server), another process starts for it, up to ``most`` (``concurrency``) alive.
 
 - a request (one JSON line: the command line and the database's URL) arrives on a pipe of its
   own, never on the command's stdin;
@@ -245,12 +246,19 @@ def cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# How long a database waits for a busy process before another starts for it (a Django start-up is
+# well under this on a runner; a database that keeps its process longer is a slow one).
+PATIENCE_SECONDS = 2.0
+
+
 class ResidentRunner:
     """A ``LocalRunner`` whose read-only Django commands are served by resident processes (see the module)."""
 
-    def __init__(self, local: LocalRunner, limit: int = 1) -> None:
+    def __init__(self, local: LocalRunner, limit: int = 1, most: int = 1, patience: float = PATIENCE_SECONDS) -> None:
         self.local = local
-        self.limit = max(1, limit)  # processes alive at once at most
+        self.limit = max(1, limit)  # processes started without waiting
+        self.most = max(self.limit, most)  # processes alive at once at most
+        self.patience = patience
         self._idle: list[_Resident] = []
         self._all: set[_Resident] = set()
         self._freed = asyncio.Event()  # a process went back to idle, or ended
@@ -285,14 +293,18 @@ class ResidentRunner:
         return code
 
     async def _resident(self, database_url: str) -> _Resident:
-        """An idle process, else a new one while under the limit, else the first one that frees."""
+        """An idle process; else a new one under the limit; else the first to free, or past the patience a new one."""
+        waited = False
         while True:
             if self._idle:
                 return self._idle.pop()
-            if len(self._all) < self.limit:
+            if len(self._all) < (self.most if waited else self.limit):
                 return self._start(database_url)
             self._freed.clear()
-            await self._freed.wait()
+            try:
+                await asyncio.wait_for(self._freed.wait(), self.patience)
+            except TimeoutError:
+                waited = True
 
     def _start(self, database_url: str) -> _Resident:
         settings = self.local.settings

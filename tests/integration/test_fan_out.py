@@ -126,7 +126,7 @@ def test_fan_out_starts_no_more_resident_processes_than_the_runner_has_cpus(acti
     limit = min(8, cpus)
     found = re.search(
         rf"resident processes: (\d+) started, 3 command\(s\) served, at most {limit} at once "
-        rf"\(concurrency 8, {cpus} CPUs\)",
+        rf"\(8 for databases that waited 2 s; concurrency 8, {cpus} CPUs\)",
         run.stdout,
     )
     assert found, run.explain()

@@ -225,3 +225,31 @@ def test_the_limit_is_the_cpus_this_process_may_use() -> None:
     import os  # noqa: PLC0415
 
     assert resident.cpus() == len(os.sched_getaffinity(0))
+
+
+async def test_a_database_waiting_past_the_patience_gets_a_process_of_its_own(project: Path) -> None:
+    # The one process serves a slow database (a lock held, a far server): the next one does not wait for it
+    # for ever, but past the patience gets another process, up to `most`.
+    settings = make_settings(project, python=sys.executable, working_directory=str(project))
+    served_by = resident.ResidentRunner(
+        local.prepare(settings, {"PATH": "/usr/bin:/bin"}), limit=1, most=2, patience=0.3
+    )
+    (project / "django/core/management.py").write_text(
+        FAKE["django/core/management.py"] + "\n    if d['NAME'] == 'slow':\n        import time; time.sleep(3)\n"
+    )
+    finished: list[str] = []
+
+    async def one(name: str) -> int:
+        code, _ = await served(served_by, name)
+        finished.append(name)
+        return code
+
+    try:
+        slow = asyncio.ensure_future(one("slow"))
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(one("quick"), 2.5) == 0  # well before the slow one ends
+        assert finished == ["quick"]
+        assert await slow == 0
+    finally:
+        await served_by.aclose()
+    assert served_by.started == 2
