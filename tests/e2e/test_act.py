@@ -231,6 +231,81 @@ def run_act(act: str, args: list[str], log_path: Path) -> tuple[int, float]:
     return rc, time.monotonic() - start
 
 
+def workflow_vars(lab: dict[str, Any]) -> dict[str, str]:
+    """The variables (not secret) e2e-matrix.yml and e2e-environment.yml read."""
+    return {
+        "BASTION_KNOWN_HOSTS": str(lab["ssh_known_hosts"]).strip(),
+        "RUNNER_PYTHON": str(lab["runner_python"]),
+        "SAMPLE_PROJECT": str(lab["sample_project"]),
+    }
+
+
+@dataclass(repr=False)  # the args name the secret file only; raw may hold what a failing run printed
+class Dispatched:
+    args: list[str]
+    rc: int
+    seconds: float
+    raw: str
+
+
+def expect_of(run: Any, condition: object, what: str) -> None:
+    """Fail with what, the act command and its log's tail (secrets redacted), unless condition holds.
+
+    ``run``: a workflow's act run (e2e-matrix.yml, e2e-environment.yml) with its ``args``, ``rc``,
+    ``seconds``, ``raw`` log, ``log_path`` and the ``checked`` secrets (name -> value).
+    """
+    if not condition:
+        shown = tail(ActLog.parse(run.raw).render())
+        for name, value in sorted(run.checked.items(), key=lambda kv: -len(kv[1])):
+            shown = shown.replace(value, f"<SECRET {name}>")
+        pytest.fail(
+            f"{what}\nact command: act {' '.join(run.args)}\n"
+            f"act rc={run.rc} after {run.seconds:.1f} s; full log: {run.log_path}\n"
+            f"--- the end of act's log ---\n{shown}",
+            pytrace=False,
+        )
+
+
+def dispatch(
+    act: str,
+    workflow: str,
+    *,
+    cache: Path,
+    private_dir: Path,
+    secret_env: dict[str, str],
+    var_env: dict[str, str],
+    log_path: Path,
+    extra: tuple[str, ...] = (),
+) -> Dispatched:
+    """``act workflow_dispatch`` of ``workflow`` offline, its secrets and variables from files of their own.
+
+    The secret file is deleted as soon as act has run (it read it at start): no secret stays on disk.
+    """
+    secret_file = write_dotenv(private_dir / "secrets.env", secret_env)
+    var_file = write_dotenv(private_dir / "vars.env", var_env)
+    empty = write_dotenv(private_dir / "empty.env", {})
+    args = [
+        "workflow_dispatch",
+        "-W", workflow,
+        "-P", "ubuntu-latest=-self-hosted",
+        "--action-offline-mode",
+        "--action-cache-path", str(cache),
+        "--no-cache-server",
+        "--json",
+        "--secret-file", str(secret_file),
+        "--var-file", str(var_file),
+        # act reads ./.env and ./.input by default; never pick up stray files.
+        "--env-file", str(empty),
+        "--input-file", str(empty),
+        *extra,
+    ]  # fmt: skip
+    try:
+        rc, seconds = run_act(act, args, log_path)
+    finally:
+        secret_file.unlink()
+    return Dispatched(args, rc, seconds, log_path.read_text(errors="replace"))
+
+
 def _end_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM act's process group (the action then cleans up), SIGKILL after 15 s."""
     try:
@@ -355,36 +430,23 @@ def act_run(
     tmp_path: Path,
 ) -> ActRun:
     """e2e-lab.yml run by act against the lab and a fresh database."""
-    job, _ = request.param
-    secret_env, var_env, private_key = lab_settings(lab, fresh_db)
-    secret_file = write_dotenv(private_dir / "secrets.env", secret_env)
-    var_file = write_dotenv(private_dir / "vars.env", var_env)
-    empty = write_dotenv(private_dir / "empty.env", {})
-    log_path = tmp_path / "act.jsonl"
-    args = [
-        "workflow_dispatch",
-        "-W", WORKFLOW,
-        "-j", job,
-        "-P", "ubuntu-latest=-self-hosted",
-        "--action-offline-mode",
-        "--action-cache-path", str(act_cache_dir),
-        "--no-cache-server",
-        "--json",
-        "--secret-file", str(secret_file),
-        "--var-file", str(var_file),
-        # act reads ./.env and ./.input by default; never pick up stray files.
-        "--env-file", str(empty),
-        "--input-file", str(empty),
-        "--input", "expect-server-major=15",
-    ]  # fmt: skip
     job, masking = request.param
+    secret_env, var_env, private_key = lab_settings(lab, fresh_db)
+    log_path = tmp_path / "act.jsonl"
+    extra: tuple[str, ...] = ("-j", job, "--input", "expect-server-major=15")
     if masking == "no-runner-masking":
-        args.append("--insecure-secrets")
-    try:
-        rc, seconds = run_act(act_bin, args, log_path)
-    finally:
-        secret_file.unlink()  # act read it at start; keep no secret on disk
-    raw = log_path.read_text(errors="replace")
+        extra += ("--insecure-secrets",)
+    done = dispatch(
+        act_bin,
+        WORKFLOW,
+        cache=act_cache_dir,
+        private_dir=private_dir,
+        secret_env=secret_env,
+        var_env=var_env,
+        log_path=log_path,
+        extra=extra,
+    )
+    args, rc, seconds, raw = done.args, done.rc, done.seconds, done.raw
     log = ActLog.parse(raw)
     rendered = log.render()
     (tmp_path / "act.log").write_text(rendered)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from support import SAMPLE_MIGRATIONS, admin_sql, owned_databases
-from test_act import ACT_TIMEOUT_S, ActLog, find_leaks, run_act, tail, write_dotenv
+from test_act import ACT_TIMEOUT_S, ActLog, dispatch, expect_of, find_leaks, workflow_vars
 
 WORKFLOW = ".github/workflows/e2e-environment.yml"
 ENVIRONMENT = "staging"
@@ -82,16 +82,7 @@ class EnvironmentRun:
         return f"EnvironmentRun(rc={self.rc}, log={self.log_path})"
 
     def expect(self, condition: object, what: str) -> None:
-        if not condition:
-            shown = tail(self.log.render())
-            for name, value in sorted(self.checked.items(), key=lambda kv: -len(kv[1])):
-                shown = shown.replace(value, f"<SECRET {name}>")
-            pytest.fail(
-                f"{what}\nact command: act {' '.join(self.args)}\n"
-                f"act rc={self.rc} after {self.seconds:.1f} s; full log: {self.log_path}\n"
-                f"--- the end of act's log ---\n{shown}",
-                pytrace=False,
-            )
+        expect_of(self, condition, what)
 
 
 @pytest.fixture
@@ -107,38 +98,19 @@ def environment_run(
     assert int(lab["ssh_port"]) == 22, f"lab ssh_port {lab['ssh_port']}: the workflow relies on 22"
     assert int(lab["db_port"]) == 5432, f"lab db_port {lab['db_port']}: the workflow relies on 5432"
     secret_env = environment_secrets(lab, staging_db)
-    secret_file = write_dotenv(private_dir / "secrets.env", secret_env)
-    var_file = write_dotenv(
-        private_dir / "vars.env",
-        {
-            "BASTION_KNOWN_HOSTS": str(lab["ssh_known_hosts"]).strip(),
-            "RUNNER_PYTHON": str(lab["runner_python"]),
-            "SAMPLE_PROJECT": str(lab["sample_project"]),
-        },
-    )
-    empty = write_dotenv(private_dir / "empty.env", {})
     log_path = tmp_path / "act.jsonl"
-    args = [
-        "workflow_dispatch",
-        "-W", WORKFLOW,
-        "-P", "ubuntu-latest=-self-hosted",
-        "--action-offline-mode",
-        "--action-cache-path", str(act_cache_dir),
-        "--no-cache-server",
-        "--json",
-        "--secret-file", str(secret_file),
-        "--var-file", str(var_file),
-        # act reads ./.env and ./.input by default; never pick up stray files.
-        "--env-file", str(empty),
-        "--input-file", str(empty),
+    done = dispatch(
+        act_bin,
+        WORKFLOW,
+        cache=act_cache_dir,
+        private_dir=private_dir,
+        secret_env=secret_env,
+        var_env=workflow_vars(lab),
+        log_path=log_path,
         # act masks nothing: any secret the action prints itself shows up.
-        "--insecure-secrets",
-    ]  # fmt: skip
-    try:
-        rc, seconds = run_act(act_bin, args, log_path)
-    finally:
-        secret_file.unlink()  # act read it at start; keep no secret on disk
-    raw = log_path.read_text(errors="replace")
+        extra=("--insecure-secrets",),
+    )
+    args, rc, seconds, raw = done.args, done.rc, done.seconds, done.raw
     sys.stdout.write(f"act took {seconds:.1f} s, rc={rc}; log: {log_path}\n")
     return EnvironmentRun(
         args=args,
