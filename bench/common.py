@@ -25,9 +25,15 @@ def admin(lab: dict[str, Any], sql: str, database: str = "postgres") -> str:
     return subprocess.run([*argv, "-c", sql], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def drop_databases(lab: dict[str, Any], *names: str) -> None:
+    """Gone, whoever is still connected to them."""
+    for name in names:
+        admin(lab, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def fresh_database(lab: dict[str, Any], name: str, *, migrated: bool = True) -> None:
     """A database with the sample migrations applied (through the bastion namespace, no tunnel)."""
-    admin(lab, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_databases(lab, name)
     admin(lab, f'CREATE DATABASE {name} OWNER "{lab["db_user"]}"')
     if migrated:
         floor_run(lab, name, ["migrate", "--noinput"])
@@ -35,7 +41,7 @@ def fresh_database(lab: dict[str, Any], name: str, *, migrated: bool = True) -> 
 
 def cloned_database(lab: dict[str, Any], name: str, template: str) -> None:
     """A copy of ``template`` (a file copy on the server: many databases in seconds), owned by the lab's user."""
-    admin(lab, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_databases(lab, name)
     admin(lab, f'CREATE DATABASE {name} TEMPLATE {template} OWNER "{lab["db_user"]}"')
 
 

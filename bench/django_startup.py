@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from common import admin, cloned_database, direct_url, fresh_database, load_lab
+from common import cloned_database, direct_url, drop_databases, fresh_database, load_lab
 
 TEMPLATE = "bench_startup_template"
 MARK = "bench-startup-database"
@@ -122,8 +122,7 @@ def main() -> int:
             return 1
         _report(samples, options.count, options.runs)
     finally:
-        for name in [*names, TEMPLATE]:
-            admin(lab, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_databases(lab, *names, TEMPLATE)
     return 0
 
 

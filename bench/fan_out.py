@@ -8,7 +8,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import action_inputs, action_python, admin, fresh_database, load_lab, measure, ratio, report, run_action
+from common import (
+    action_inputs,
+    action_python,
+    drop_databases,
+    fresh_database,
+    load_lab,
+    measure,
+    ratio,
+    report,
+    run_action,
+)
 
 COUNT = 10
 
@@ -33,8 +43,7 @@ def main() -> int:
     )
     medians = report(f"fan-out showmigrations (concurrency {options.concurrency}, 2 cores)", samples)
     ratio(f"fan-out, {COUNT} databases / one", medians[f"{COUNT} databases"] / medians["one database"], "<= 2")
-    for name in names:
-        admin(lab, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    drop_databases(lab, *names)
     return 0
 
 

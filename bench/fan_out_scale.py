@@ -24,7 +24,16 @@ import time
 from pathlib import Path
 
 import psutil
-from common import ROOT, action_env, action_inputs, action_python, admin, cloned_database, fresh_database, load_lab
+from common import (
+    ROOT,
+    action_env,
+    action_inputs,
+    action_python,
+    cloned_database,
+    drop_databases,
+    fresh_database,
+    load_lab,
+)
 
 TEMPLATE = "bench_scale_template"
 SAMPLE_SECONDS = 0.02  # the sampler's own CPU is part of every row alike
@@ -149,8 +158,7 @@ def main() -> int:
                 )
         print("\n".join(figures))
     finally:
-        for name in [*names, TEMPLATE]:
-            admin(lab, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_databases(lab, *names, TEMPLATE)
     return 0
 
 

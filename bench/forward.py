@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from common import ROOT, admin, load_lab, measure, ratio, report
+from common import ROOT, admin, drop_databases, load_lab, measure, ratio, report
 from recipe import ssh_forward
 
 DATABASE = "bench_forward"
@@ -64,7 +64,7 @@ def copy(lab: dict[str, str], port: int) -> None:
 
 
 def prepare(lab: dict[str, str]) -> None:
-    admin(lab, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    drop_databases(lab, DATABASE)
     admin(lab, f'CREATE DATABASE {DATABASE} OWNER "{lab["db_user"]}"')
     argv = list(lab["db_admin_argv"])
     psql = argv.index(next(a for a in argv if a.endswith("psql")))
@@ -95,7 +95,7 @@ def main() -> int:
         cp = report("COPY ~200 MB out", copies)
     ratio("per-query round trip, action / OpenSSH", lat["action forward"] / lat["OpenSSH ssh -L"], "<= 1.2")
     ratio("COPY 200 MB, action / OpenSSH", cp["action forward"] / cp["OpenSSH ssh -L"], "<= 1.1")
-    admin(lab, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    drop_databases(lab, DATABASE)
     return 0
 
 

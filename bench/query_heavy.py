@@ -31,6 +31,7 @@ from common import (
     action_python,
     admin,
     direct_url,
+    drop_databases,
     load_lab,
     ratio,
     report,
@@ -245,7 +246,7 @@ def main() -> int:
     if "action docker" in medians:
         docker_ratio = medians["action docker"] / medians["recipe docker"]
         ratio("query-heavy migrate, docker, action / recipe", docker_ratio, "<= 1.0")
-    admin(lab, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    drop_databases(lab, DATABASE)
     return 0
 
 
@@ -281,7 +282,7 @@ def docker_variants(lab: dict[str, Any], python: str, env: dict[str, str]) -> di
 
 
 def _fresh(lab: dict[str, Any]) -> None:
-    admin(lab, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    drop_databases(lab, DATABASE)
     admin(lab, f'CREATE DATABASE {DATABASE} OWNER "{lab["db_user"]}"')
 
 
