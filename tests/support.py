@@ -435,3 +435,31 @@ def action_locks(lab: dict[str, Any], database: str) -> int:
         "WHERE l.locktype = 'advisory' AND l.classid = 1651733614 AND d.datname = current_database()"
     )
     return int(admin_sql(lab, query, database))
+
+
+@contextlib.contextmanager
+def table_locked(lab: dict[str, Any], database: str, table: str) -> Iterator[None]:
+    """An admin session holds ACCESS EXCLUSIVE on ``table`` until the block ends: every reader of it waits.
+
+    The session idles in its transaction while psql waits for more input; ending psql closes the
+    connection, and the server rolls back at once (a statement still running would hold the lock).
+    """
+    argv = list(lab["db_admin_argv"])
+    argv[argv.index("-d") + 1] = database
+    session = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert session.stdin is not None
+    session.stdin.write(f"BEGIN;\nLOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;\n")
+    session.stdin.flush()
+    try:
+        wait_for(lambda: _lock_held(lab, database, table), f"the lock on {table}")
+        yield
+    finally:
+        session.kill()
+        session.wait()
+        session.stdin.close()
+        wait_for(lambda: not _lock_held(lab, database, table), f"the lock on {table} released")
+
+
+def _lock_held(lab: dict[str, Any], database: str, table: str) -> bool:
+    query = f"SELECT count(*) FROM pg_locks WHERE relation = to_regclass('{table}') AND mode = 'AccessExclusiveLock'"  # noqa: S608 - the test's own table name
+    return admin_sql(lab, query, database) == "1"

@@ -27,6 +27,7 @@ from support import (
     finish_action,
     owned_databases,
     start_action,
+    table_locked,
     unique,
     wait_for,
 )
@@ -256,29 +257,6 @@ def test_a_dead_link_mid_rollback_frees_the_lock_and_unapplies_nothing(base_inpu
     assert again.returncode == 0, again.explain()
     assert json.loads(again.outputs["unapplied"]) == ["audit.0002_test_hooks"]
     assert "audit.0002_test_hooks" not in _recorded(lab, fresh_db)
-
-
-@contextlib.contextmanager
-def table_locked(lab: Lab, database: str, table: str) -> Iterator[None]:
-    """An admin session holds ACCESS EXCLUSIVE on ``table`` until the block ends: every reader of it waits."""
-    argv = list(lab["db_admin_argv"])
-    argv[argv.index("-d") + 1] = database
-    session = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    assert session.stdin is not None
-    session.stdin.write(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);\n")
-    session.stdin.flush()
-    try:
-        wait_for(lambda: _lock_held(lab, database, table), f"the lock on {table}")
-        yield
-    finally:
-        session.kill()
-        session.wait()
-        session.stdin.close()
-
-
-def _lock_held(lab: Lab, database: str, table: str) -> bool:
-    query = f"SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock'"  # noqa: S608 - the test's own table name
-    return admin_sql(lab, query, database) == "1"
 
 
 def _waiting_readers(lab: Lab, database: str) -> int:
