@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
-from support import admin_sql, owned_databases, unique, with_docker
+from support import admin_sql, finish_action, owned_databases, start_action, table_locked, unique, with_docker
 
 from bastion_action import summary
+
+HELD_SECONDS = 7.0  # how long the locks keep the slow databases' commands waiting
 
 
 def accepted_logins(lab) -> int:
@@ -131,3 +135,26 @@ def test_fan_out_starts_no_more_resident_processes_than_the_runner_has_cpus(acti
     )
     assert found, run.explain()
     assert int(found.group(1)) <= min(limit, len(databases))
+
+
+def test_databases_held_by_the_server_do_not_hold_up_the_others(action, base_inputs, lab, tmp_path) -> None:
+    """As many databases as the runner has CPUs keep their resident processes waiting on a table another
+    session has locked: the next database waits for a free process no longer than the patience (2 s),
+    then gets one of its own, and is done long before the locks go."""
+    cpus = len(os.sched_getaffinity(0))
+    with owned_databases(lab, [unique("held") for _ in range(cpus + 1)]) as names:
+        *held, free = names
+        inputs = {**base_inputs, "db-name": "", "databases": "\n".join(names), "concurrency": str(cpus + 1)}
+        assert action({**inputs, "command": "migrate"}).returncode == 0
+        with contextlib.ExitStack() as locks:
+            for name in held:
+                locks.enter_context(table_locked(lab, name, "django_migrations"))
+            process = start_action({**inputs, "command": "showmigrations", "debug": "true"}, tmp_path / "run")
+            started = time.monotonic()
+            time.sleep(HELD_SECONDS)
+        run = finish_action(process, tmp_path / "run", started, timeout=60)
+    assert run.returncode == 0, run.explain()
+    per_database = json.loads(run.outputs["databases"])
+    assert all(per_database[name]["duration-seconds"] >= HELD_SECONDS - 0.5 for name in held), per_database
+    assert per_database[free]["duration-seconds"] < HELD_SECONDS - 2, per_database
+    assert f"resident processes: {cpus + 1} started, {cpus + 1} command(s) served" in run.stdout, run.explain()
