@@ -83,3 +83,7 @@ def test_the_run_is_on_uvloop_unless_the_environment_asks_for_asyncio() -> None:
     assert aio.loop_factory({aio.EVENT_LOOP_VARIABLE: "uvloop"})[0] == "uvloop"
     name, _, problem = aio.loop_factory({aio.EVENT_LOOP_VARIABLE: "asycnio"})
     assert (name, problem) == ("uvloop", "BASTION_MIGRATE_EVENT_LOOP: expected asyncio or uvloop, got 'asycnio'")
+    # The value is the user's: shown as a literal, a line break and all, never as a line of its own.
+    _, _, problem = aio.loop_factory({aio.EVENT_LOOP_VARIABLE: "x\n::error::forged"})
+    assert problem.endswith("got 'x\\n::error::forged'")
+    assert "\n" not in problem
