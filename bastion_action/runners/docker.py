@@ -1,4 +1,4 @@
-"""Docker mode: registry login and pull, then the command in the image (aiodocker only)."""
+"""Docker mode: registry login and pull, then the command in the image (aiodocker only, from dockerlib)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import aiodocker
-import aiohttp
-from aiodocker.types import JSONObject
+from typing import TYPE_CHECKING, Any
 
 from bastion_action import aio, cafile
+from bastion_action.dockerlib import aiodocker, aiohttp
 from bastion_action.errors import CommandError, PullError
 from bastion_action.runners import Output, command_env, with_interpreter
 from bastion_action.settings import ImageSettings, Mode, PullPolicy, Settings
+
+if TYPE_CHECKING:
+    from aiodocker.types import JSONObject
 
 LABEL_PREFIX = "io.github.bastion-migrate"
 # A cancel sends SIGTERM, then SIGKILL this long after, as `docker stop -t 3`: with the rest of the

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
+import subprocess
 import sys
 import tracemalloc
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from bastion_action.output import LINE_HEAD, LineSplitter, cut_marker
 from bastion_action.runners import Output, command_argv, command_env, local, pgoptions, title
 from bastion_action.runners import docker as docker_runner
 
+ROOT = Path(__file__).resolve().parents[2]
 URL = "postgresql://migrator:x@127.0.0.1:40001/app?sslmode=prefer"
 MIB = 1 << 20
 
@@ -449,3 +452,45 @@ async def test_the_daemon_is_named_by_the_address_it_was_given(tmp_path: Path) -
         assert docker_runner.daemon_address(client) == f"unix://{socket_path}"
         error = docker_runner.DockerRunner(client)._unreachable("No such file or directory")
     assert error.message == f"cannot reach the Docker daemon at unix://{socket_path}: No such file or directory"
+
+
+_DOCKERLIB_SCRIPT = """
+import json, ssl, sys, threading
+reference = ssl.create_default_context().cert_store_stats()["x509_ca"]
+if sys.argv[1] == "thread":
+    release = threading.Event()
+    waiting = threading.Thread(target=release.wait)
+    waiting.start()
+import bastion_action.runners.docker
+from aiohttp import connector
+if sys.argv[1] == "thread":
+    release.set()
+verified = connector._SSL_CONTEXT_VERIFIED
+print(json.dumps({
+    "reference": reference,
+    "verified_cas": verified.cert_store_stats()["x509_ca"],
+    "verified_checks": verified.verify_mode == ssl.CERT_REQUIRED and verified.check_hostname,
+    "unverified_checks": connector._SSL_CONTEXT_UNVERIFIED.verify_mode != ssl.CERT_NONE,
+    "restored": "set_default_verify_paths" not in vars(ssl.SSLContext),
+    "after": ssl.create_default_context().cert_store_stats()["x509_ca"],
+}))
+"""
+
+
+@pytest.mark.parametrize("threads", ["alone", "thread"])
+def test_aiohttp_loads_without_the_ca_bundle_and_its_unused_default_context_trusts_nothing(threads: str) -> None:
+    # A fresh interpreter, so this import is aiohttp's first: its two default TLS contexts read the
+    # system's CA bundle (about 45 ms of every docker-mode run) though the action never uses them.
+    done = subprocess.run(
+        [sys.executable, "-c", _DOCKERLIB_SCRIPT, threads], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    found = json.loads(done.stdout)
+    reference = found.pop("reference")
+    skipped = threads == "alone"  # with another thread running, a context it made must get the bundle: untouched
+    assert found == {
+        "verified_cas": 0 if skipped else reference,  # fails closed: verifies, against no certificate at all
+        "verified_checks": True,
+        "unverified_checks": False,
+        "restored": True,
+        "after": reference,
+    }
