@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,6 +19,21 @@ from bastion_action.settings import DatabaseSettings
 
 PROBE_ATTEMPTS = 4
 _BACKOFF_SECONDS = (0.25, 0.5, 1.0)
+_GONE_POLL_SECONDS = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """A session of the command that outlived it on the server, and was ended."""
+
+    pid: int
+    state: str  # as pg_stat_activity said: active, idle in transaction, ...
+    seconds: float  # since its transaction (or else its statement) started
+    gone: bool  # the server process had exited (its transaction rolled back, its locks freed) when the wait ended
+
+
+class SessionsUnknown(Exception):  # noqa: N818 - what it says, not an "Error" of the database
+    """The command's sessions on the server could not be looked for (the database unreachable, or refusing)."""
 
 
 class _NamedTLS(ssl.SSLContext):
@@ -209,6 +225,32 @@ class Session:
                 rows = await self.connection.fetch("SELECT app, name FROM django_migrations ORDER BY id")
         return [(str(row["app"]), str(row["name"])) for row in rows]
 
+    async def end_sessions(self, application_name: str, port: int, wait: float) -> list[Ended]:
+        """End the sessions called ``application_name`` still busy on the server (a command's, once it has ended).
+
+        On this session's connection; if that one is gone (the lock's lease lost, say), on a new one
+        through ``port``. Each is ended with ``pg_terminate_backend``: its statement stops and its
+        transaction rolls back, freeing its locks. Returns them once their server processes have
+        exited, or after ``wait`` seconds.
+        """
+        failures: list[BaseException] = []
+        if not self.connection.is_closed():
+            try:
+                async with self.guard:
+                    return await _end_sessions(self.connection, application_name, wait)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                failures.append(exc)
+        try:
+            connection = await connect(self.db, port, self.timeout)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ssl.SSLError) as exc:
+            raise SessionsUnknown(_reason(exc)) from (failures[0] if failures else exc)
+        try:
+            return await _end_sessions(connection, application_name, wait)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise SessionsUnknown(_reason(exc)) from exc
+        finally:
+            connection.terminate()
+
     async def table_facts(self, names: list[str]) -> dict[str, TableFacts]:
         """Each existing table's estimated rows and size (pg_class), and the other sessions' locks on it; read only."""
         async with self.guard:
@@ -237,6 +279,39 @@ async def session(
             await connection.close(timeout=timeout)
         if not connection.is_closed():
             connection.terminate()
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _end_sessions(connection: asyncpg.Connection, application_name: str, wait: float) -> list[Ended]:
+    # Busy ones only: an idle session holds no transaction, and its server process ends by itself on the EOF
+    # its closed connection brings. Only this login role's: the command connects as it, and only those may be ended.
+    rows = await connection.fetch(
+        """
+        SELECT pid, state, seconds, pg_terminate_backend(pid) AS ended
+        FROM (SELECT pid, state,
+                     extract(epoch FROM clock_timestamp() - coalesce(xact_start, query_start, backend_start))::float8
+                       AS seconds
+              FROM pg_stat_activity
+              WHERE application_name = $1 AND datname = current_database() AND usename = session_user
+                AND pid <> pg_backend_pid() AND state <> 'idle') AS busy
+        """,
+        application_name,
+    )
+    pids = [int(row["pid"]) for row in rows if row["ended"]]
+    left = set(pids)
+    deadline = time.monotonic() + wait
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(_GONE_POLL_SECONDS)
+        still = await connection.fetch("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids)
+        left = {int(row["pid"]) for row in still}
+    return [
+        Ended(pid=int(row["pid"]), state=str(row["state"]), seconds=float(row["seconds"]), gone=row["pid"] not in left)
+        for row in rows
+        if row["ended"]
+    ]
 
 
 async def _describe(connection: asyncpg.Connection, *, ca_verified: bool, verified_as: str | None) -> ServerInfo:

@@ -200,9 +200,9 @@ class Launched:
             await aio.stop(self.task)
 
 
-async def _run(launched: Launched, runner: Runner, argv: Sequence[str], database_url: str) -> int:
+async def _run(launched: Launched, runner: Runner, argv: Sequence[str], database_url: str, name: str) -> int:
     try:
-        return await runner.run(argv, database_url=database_url, output=launched)
+        return await runner.run(argv, database_url=database_url, output=launched, application_name=name)
     finally:
         launched.end()
 
@@ -216,11 +216,13 @@ def launch(
     database_url: str,
     hold: bool = False,
     conceal: str = "",
+    application_name: str = "",
 ) -> Launched:
     """Start ``argv`` through ``runner`` now; it reaches the database only through its gate.
 
     Lines starting with ``conceal`` (when given) are kept in ``output`` but not shown.
+    ``application_name`` names the command's database sessions (see ``Runner.run``).
     """
     launched = Launched(console, title, hold=hold, conceal=conceal)
-    launched.task = asyncio.ensure_future(_run(launched, runner, argv, database_url))
+    launched.task = asyncio.ensure_future(_run(launched, runner, argv, database_url, application_name))
     return launched

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 LINK_GRACE_SECONDS = 0.5
+# What a command left busy on the server is ended before the lock goes: this long at most (a cancelled run
+# ends within 10 s), half of it waiting for the ended sessions' server processes to exit.
+LEFTOVER_SECONDS = 2.0
+COMMAND_SESSION_PREFIX = "bastion-migrate command"  # its sessions' application_name: this, then the path's own token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +128,8 @@ class _Database:
         self.clock = target.clock
         self.url = url  # the command's DATABASE_URL: the gate's port, and the CA file when there is one
         self.main: Launched | None = None
+        # What the command's sessions are called on the server (PGAPPNAME): this database's, in this run only.
+        self.application_name = f"{COMMAND_SESSION_PREFIX} {secrets.token_hex(4)}"
         self.marker = ""  # rollback: the marker of its step's answer
         self.check: rollback.Check | None = None  # rollback: what its step answered
 
@@ -137,7 +144,16 @@ class _Database:
     def launch(self, runner: Runner, argv: list[str], shown: str, conceal: str = "") -> Launched:
         label = self.target.label
         shown = f"[{label}] {shown}" if label else shown
-        return launch(self.console, runner, argv, shown, database_url=self.url, hold=bool(label), conceal=conceal)
+        return launch(
+            self.console,
+            runner,
+            argv,
+            shown,
+            database_url=self.url,
+            hold=bool(label),
+            conceal=conceal,
+            application_name=self.application_name,
+        )
 
     def launch_main(self) -> None:
         runner = self.shared.runner
@@ -157,6 +173,46 @@ class _Database:
             return
         argv = command_argv(self.settings)
         self.main = self.launch(runner, argv, title(self.settings, runner, argv))
+
+    async def settle(self, session: database.Session, opened: tunnel.Tunnel, gate: Gate) -> None:
+        """The command has ended, or is stopped now: what it left busy on the server is ended before the lock goes.
+
+        A statement runs on in the server after its client is gone (PostgreSQL notices only when it
+        next writes to it), holding its locks: a cancelled run's migration would keep its tables locked
+        for the rest of its statement, and a run that took the lock meanwhile would migrate alongside it.
+        """
+        if self.main is not None:
+            await self.main.stop()
+        if gate.target is None:  # the command's connections never reached the database
+            return
+        if opened.closed():
+            self.debug("command: the link is down; whatever the command left busy on the server ends by itself")
+            return
+        from bastion_action import database  # noqa: PLC0415 - loaded by the pipeline in a thread
+
+        name = self.application_name
+        try:
+            async with asyncio.timeout(LEFTOVER_SECONDS):
+                ended = await session.end_sessions(name, opened.port, LEFTOVER_SECONDS / 2)
+        except (database.SessionsUnknown, TimeoutError) as exc:
+            why = str(exc) or f"no answer within {LEFTOVER_SECONDS:g} s"
+            self.console.warning(
+                f"{self._label()}command: its sessions still busy on the server could not be looked for ({why}); a "
+                f"statement it left running keeps its locks until it ends (pg_stat_activity, application_name "
+                f"'{name}')"
+            )
+            return
+        if not ended:
+            self.debug(f"command: none of its sessions ('{name}') was left busy on the server")
+            return
+        described = ", ".join(
+            f"pid {one.pid} ({one.state} for {one.seconds:.1f} s{'' if one.gone else ', still exiting'})"
+            for one in ended
+        )
+        self.say(f"command: ended {len(ended)} session(s) it left busy on the server, rolled back: {described}")
+
+    def _label(self) -> str:
+        return f"[{self.target.label}] " if self.target.label else ""
 
     async def follow_up(
         self, runner: Runner, argv: list[str], shown: str, opened: tunnel.Tunnel, conceal: str = ""
@@ -479,6 +535,7 @@ async def run_database(shared: Shared, target: Target) -> None:
                         path.settings.ssh.keepalive_interval * (tunnel.KEEPALIVE_COUNT_MAX + 1),
                     )
                 finally:
+                    await aio.to_the_end(path.settle(session, opened, gate))  # before the lock goes
                     await session.unlock()
         finally:
             if path.main is not None:

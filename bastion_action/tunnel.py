@@ -161,6 +161,10 @@ class Tunnel:
             anchor="database-unreachable",
         )
 
+    def closed(self) -> bool:
+        """Whether an SSH connection of the chain has ended: nothing reaches the database through it any more."""
+        return any(connection.is_closed() for connection in (*self.hops, self.connection))
+
     async def wait_closed(self) -> None:
         """Return when any SSH connection of the chain ends (closed, dropped, or keepalive timeout)."""
         if not self.hops:

@@ -5,8 +5,9 @@
     └── docker.ImageRunner     a container of the pulled image, host networking (docker mode)
 
 Both run the same command line (``command_argv``) with the same environment
-(``command_env``), the database URL pointing at the command's end of the tunnel
-and ``PGOPTIONS`` bounding the command's sessions on the server.
+(``command_env``), the database URL pointing at the command's end of the tunnel,
+``PGOPTIONS`` bounding the command's sessions on the server and ``PGAPPNAME``
+naming them there (the action ends those the command leaves behind).
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ class Runner(Protocol):
         *,
         database_url: str,
         output: Output,
+        application_name: str = "",
     ) -> int:
-        """Run ``argv`` (``manage.py ...`` after this place's interpreter, or a custom command line)."""
+        """Run ``argv`` (``manage.py ...`` after this place's interpreter, or a custom command line).
+
+        ``application_name``: what the command's database sessions are called (``PGAPPNAME``), if not "".
+        """
 
 
 def command_argv(settings: Settings) -> list[str]:
@@ -73,6 +78,9 @@ def with_interpreter(settings: Settings, python: str, argv: Sequence[str]) -> li
     return list(argv) if settings.command is Command.CUSTOM else [python, *argv]
 
 
+APPLICATION_NAME_ENV = "PGAPPNAME"  # libpq's: the application_name of every session the command opens
+
+
 def pgoptions(bounds: SessionBounds) -> str:
     """libpq's ``PGOPTIONS`` for the server-side bounds that are on: ``-c name=<ms>`` each."""
     settings = (
@@ -84,16 +92,20 @@ def pgoptions(bounds: SessionBounds) -> str:
     return " ".join(f"-c {name}={max(1, round(seconds * 1000))}" for name, seconds in settings if seconds > 0)
 
 
-def command_env(app: AppSettings, database_url: str, environ: Mapping[str, str]) -> dict[str, str]:
+def command_env(
+    app: AppSettings, database_url: str, environ: Mapping[str, str], application_name: str = ""
+) -> dict[str, str]:
     """``environ`` less the action's inputs, plus the app's settings and the tunnel's database URL.
 
     The server-side bounds go first in ``PGOPTIONS``, before whatever the runner's environment or
     ``extra-env`` put there: PostgreSQL applies the options in order, so the user's own ``-c`` for
-    the same setting wins.
+    the same setting wins. ``application_name`` becomes libpq's ``PGAPPNAME`` unless one is set.
     """
     env = {name: value for name, value in environ.items() if not name.startswith("INPUT_")}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(app.extra_env)
+    if application_name and not env.get(APPLICATION_NAME_ENV):
+        env[APPLICATION_NAME_ENV] = application_name
     options = " ".join(part for part in (pgoptions(app.bounds), env.get("PGOPTIONS", "").strip()) if part)
     if options:
         env["PGOPTIONS"] = options

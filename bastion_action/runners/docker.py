@@ -277,9 +277,10 @@ class ImageRunner:
         *,
         database_url: str,
         output: Output,
+        application_name: str = "",
     ) -> int:
         image = await asyncio.shield(self.image)  # one database's end must not cancel the others' pull
-        env = command_env(self.settings.app, database_url, {})
+        env = command_env(self.settings.app, database_url, {}, application_name)
         labels = {"environment": self.settings.environment, "command": self.settings.command.value}
         argv = with_interpreter(self.settings, self.interpreter(), argv)
         files = cafile.archive_for(database_url)

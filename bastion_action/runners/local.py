@@ -74,8 +74,9 @@ class LocalRunner:
         *,
         database_url: str,
         output: Output,
+        application_name: str = "",
     ) -> int:
-        env = command_env(self.settings.app, database_url, self.environ)
+        env = command_env(self.settings.app, database_url, self.environ, application_name)
         argv = with_interpreter(self.settings, self.python, argv)
         return await run(argv, cwd=self.settings.app.working_directory, env=env, output=output)
 

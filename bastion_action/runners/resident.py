@@ -9,10 +9,11 @@ database in milliseconds); each serves one database's command, then the next's, 
 first one free; if none frees within ``PATIENCE_SECONDS`` (they serve slow databases: a lock
 held, a far server), another process starts for it, up to ``most`` (``concurrency``) alive.
 
-- a request (one JSON line: the command line and the database's URL) arrives on a pipe of its
-  own, never on the command's stdin;
+- a request (one JSON line: the command line, the database's URL and what its sessions are
+  called) arrives on a pipe of its own, never on the command's stdin;
 - the driver closes Django's connections, points ``DATABASES["default"]`` at the request's URL
-  and sets the URL's environment variable, then runs the command line as ``manage.py`` would
+  and sets the URL's environment variable (and ``PGAPPNAME``, when the action names the
+  sessions), then runs the command line as ``manage.py`` would
   (``execute_from_command_line``; ``SystemExit`` is its exit code);
 - the command's output (stdout and stderr, merged) goes to that database's output; a line
   ``<marker> end <exit code> <fit>`` (a fresh, unguessable marker) ends it.
@@ -42,7 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bastion_action import aio
-from bastion_action.runners import Output, command_env
+from bastion_action.runners import APPLICATION_NAME_ENV, Output, command_env
 from bastion_action.runners.local import LocalRunner, run
 
 REQUESTS_FD = "BASTION_MIGRATE_RESIDENT_FD"
@@ -104,6 +105,8 @@ def _bm_serve():
             default["OPTIONS"] = options
         first = False
         os.environ[url_env] = url
+        if request.get("app"):
+            os.environ["PGAPPNAME"] = request["app"]
         code = 0
         try:
             execute_from_command_line(request["argv"])
@@ -206,10 +209,12 @@ class _Resident:
     requests: int  # the write end of the request pipe
     output: Demultiplexer
     fit: bool = True
+    names: bool = False  # PGAPPNAME is the action's: each request names its database's sessions
 
-    async def serve(self, argv: Sequence[str], database_url: str, output: Output) -> int:
+    async def serve(self, argv: Sequence[str], database_url: str, output: Output, application_name: str = "") -> int:
         self.output.serving(output)
-        request = json.dumps({"argv": list(argv), "url": database_url}) + "\n"
+        named = application_name if self.names else ""
+        request = json.dumps({"argv": list(argv), "url": database_url, "app": named}) + "\n"
         try:
             os.write(self.requests, request.encode())
         except OSError:  # the process has ended: its exit code is the answer
@@ -275,12 +280,14 @@ class ResidentRunner:
     async def ready(self) -> None:
         await self.local.ready()
 
-    async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:
+    async def run(self, argv: Sequence[str], *, database_url: str, output: Output, application_name: str = "") -> int:
         if not servable(self.local.settings.app.manage_py, argv):
-            return await self.local.run(argv, database_url=database_url, output=output)
-        resident = await self._resident(database_url)
+            return await self.local.run(
+                argv, database_url=database_url, output=output, application_name=application_name
+            )
+        resident = await self._resident(database_url, application_name)
         try:
-            code = await resident.serve(argv, database_url, output)
+            code = await resident.serve(argv, database_url, output, application_name)
         except BaseException:
             await self._retire(resident)
             raise
@@ -292,25 +299,25 @@ class ResidentRunner:
             await self._retire(resident)
         return code
 
-    async def _resident(self, database_url: str) -> _Resident:
+    async def _resident(self, database_url: str, application_name: str) -> _Resident:
         """An idle process; else a new one under the limit; else the first to free, or past the patience a new one."""
         waited = False
         while True:
             if self._idle:
                 return self._idle.pop()
             if len(self._all) < (self.most if waited else self.limit):
-                return self._start(database_url)
+                return self._start(database_url, application_name)
             self._freed.clear()
             try:
                 await asyncio.wait_for(self._freed.wait(), self.patience)
             except TimeoutError:
                 waited = True
 
-    def _start(self, database_url: str) -> _Resident:
+    def _start(self, database_url: str, application_name: str) -> _Resident:
         settings = self.local.settings
         marker = f"bastion-migrate-resident-{secrets.token_hex(12)}"
         read_end, write_end = os.pipe()
-        env = command_env(settings.app, database_url, self.local.environ)
+        env = command_env(settings.app, database_url, self.local.environ, application_name)
         env.update({REQUESTS_FD: str(read_end), MARKER: marker, URL_ENV: settings.app.database_url_env})
         output = Demultiplexer(marker)
         argv = [self.local.python, settings.app.manage_py, "shell", "-c", DRIVER]
@@ -322,7 +329,8 @@ class ResidentRunner:
                 with contextlib.suppress(OSError):
                     os.close(read_end)
 
-        resident = _Resident(asyncio.ensure_future(serving()), write_end, output)
+        names = bool(application_name) and env.get(APPLICATION_NAME_ENV) == application_name
+        resident = _Resident(asyncio.ensure_future(serving()), write_end, output, names=names)
         self._all.add(resident)
         self.started += 1
         return resident

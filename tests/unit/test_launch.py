@@ -33,7 +33,15 @@ class FakeRunner:
     async def ready(self) -> None:
         return
 
-    async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:  # noqa: ARG002 - the protocol
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        database_url: str,
+        output: Output,
+        application_name: str = "",
+    ) -> int:
+        del argv, database_url, application_name  # the protocol's; unused here
         for step in self.script:
             if isinstance(step, float):
                 await asyncio.sleep(step)

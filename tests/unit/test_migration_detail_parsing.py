@@ -319,7 +319,7 @@ async def test_concealed_lines_are_kept_for_parsing_but_not_shown() -> None:
         async def ready(self) -> None:
             return
 
-        async def run(self, argv: object, *, database_url: str, output: object) -> int:  # noqa: ARG002
+        async def run(self, argv: object, *, database_url: str, output: object, application_name: str = "") -> int:  # noqa: ARG002
             output.feed(f"shown\n{MARKER} 0 {{}}\n{MARKER[:5]}")  # type: ignore[attr-defined]
             output.feed(" not the marker after all\n")  # type: ignore[attr-defined]
             return 0

@@ -113,7 +113,7 @@ class ScriptedRunner:
     async def ready(self) -> None:
         await asyncio.sleep(self.ready_after)
 
-    async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:
+    async def run(self, argv: Sequence[str], *, database_url: str, output: Output, application_name: str = "") -> int:
         self.argvs.append(list(argv))
         if self.plan is not None and "--plan" in argv:
             for line in self.plan:
@@ -127,7 +127,9 @@ class ScriptedRunner:
             output.feed(line + "\n")
 
         try:
-            connection = await asyncpg.connect(database_url, timeout=30)
+            # As libpq would with the PGAPPNAME the action sets.
+            named = {"application_name": application_name} if application_name else None
+            connection = await asyncpg.connect(database_url, timeout=30, server_settings=named)
             try:
                 name = await connection.fetchval("SELECT current_database()")
                 self.connected.append(time.monotonic())

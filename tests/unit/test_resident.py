@@ -72,12 +72,15 @@ def runner(project: Path, environ: dict[str, str] | None = None) -> resident.Res
     return resident.ResidentRunner(local.prepare(settings, {"PATH": "/usr/bin:/bin", **(environ or {})}))
 
 
-async def served(served_by: resident.ResidentRunner, name: str, argv: list[str] | None = None) -> tuple[int, list[str]]:
+async def served(
+    served_by: resident.ResidentRunner, name: str, argv: list[str] | None = None, application_name: str = ""
+) -> tuple[int, list[str]]:
     output = Collected()
     code = await served_by.run(
         argv or ["manage.py", "showmigrations"],
         database_url=URL.format(port=40000 + len(name), name=name),
         output=output,
+        application_name=application_name,
     )
     return code, output.close()
 
@@ -253,3 +256,24 @@ async def test_a_database_waiting_past_the_patience_gets_a_process_of_its_own(pr
     finally:
         await served_by.aclose()
     assert served_by.started == 2
+
+
+@pytest.mark.parametrize("users_own", [None, "billing"])
+async def test_each_databases_sessions_get_its_own_name_unless_the_user_named_them(
+    project: Path, users_own: str | None
+) -> None:
+    # libpq reads PGAPPNAME at each connection: one process serving database after database names each
+    # database's sessions with that database's name, so a stopped command's leftovers are found per database.
+    (project / "django/core/management.py").write_text(
+        "import os\ndef execute_from_command_line(argv):\n    print('named', os.environ.get('PGAPPNAME'), flush=True)\n"
+    )
+    served_by = runner(project, {"PGAPPNAME": users_own} if users_own else {})
+    try:
+        results = [await served(served_by, name, application_name=f"app-{name}") for name in ("alpha", "beta")]
+    finally:
+        await served_by.aclose()
+    assert [lines for _, lines in results] == [
+        [f"named {users_own or 'app-alpha'}"],
+        [f"named {users_own or 'app-beta'}"],
+    ]
+    assert served_by.started == 1

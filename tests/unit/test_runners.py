@@ -141,6 +141,25 @@ def test_command_env_puts_the_users_pgoptions_after_the_bounds(
     assert command_env(app, URL, environ)["PGOPTIONS"] == expected
 
 
+@pytest.mark.parametrize(
+    ("environ", "extra_env", "expected"),
+    [
+        pytest.param({}, "", "bastion-migrate command 0a1b2c3d", id="named-by-the-action"),
+        pytest.param({"PGAPPNAME": "billing"}, "", "billing", id="runner-env-names-them"),
+        pytest.param({}, "PGAPPNAME=deploy", "deploy", id="extra-env-names-them"),
+        pytest.param({"PGAPPNAME": ""}, "", "bastion-migrate command 0a1b2c3d", id="an-empty-name-is-none"),
+    ],
+)
+def test_the_commands_sessions_are_named_by_the_action_unless_the_user_names_them(
+    environ: dict[str, str], extra_env: str, expected: str
+) -> None:
+    # The name is how the action finds what a stopped command left busy on the server; it never takes the
+    # user's own name over (sessions called that may be anyone's), so then it finds and ends nothing.
+    app = make_settings(extra_env=extra_env).app
+    assert command_env(app, URL, environ, "bastion-migrate command 0a1b2c3d")["PGAPPNAME"] == expected
+    assert "PGAPPNAME" not in command_env(make_settings().app, URL, {}), "no name given: none set"
+
+
 def test_no_pgoptions_when_every_bound_is_off_and_the_user_set_none() -> None:
     app = make_settings(db_idle_in_transaction_timeout="0").app
     assert "PGOPTIONS" not in command_env(app, URL, {})
@@ -238,7 +257,15 @@ class Script:
     async def ready(self) -> None:
         return
 
-    async def run(self, argv: Sequence[str], *, database_url: str, output: Output) -> int:  # noqa: ARG002 - the protocol
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        database_url: str,
+        output: Output,
+        application_name: str = "",
+    ) -> int:
+        del argv, database_url, application_name  # the protocol's; unused here
         return await local.run([sys.executable, "-c", self.code], cwd=self.cwd, env=dict(os.environ), output=output)
 
 
