@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from bastion_action import NAME, __version__, aio, pipeline, report, settings, sources, summary
-from bastion_action.errors import InternalError, SettingsError, Stage
+from bastion_action.errors import InternalError, ReportError, SettingsError, Stage
 from bastion_action.gha import Console
 from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, close_matches, raw_from_environ
 from bastion_action.redaction import secret_forms
@@ -142,17 +142,44 @@ def _finish(console: Console, run: RunResult, environ: Mapping[str, str]) -> int
             outputs["report-path"] = _write_report(console, run, environ)
         except OSError as exc:
             console.warning(f"the JSON report could not be written: {exc}")
-        console.set_outputs(outputs)
-        console.summary(summary.markdown(run))
+        markdown: str | None = summary.markdown(run)
+        code = run.process_exit_code
     except Exception as exc:  # noqa: BLE001 - a bug in reporting must not cost the result outputs
         if run.error is None:
             console.failure(InternalError.of(exc, Stage.INTERNAL))
         code = run.process_exit_code or 1
-        console.set_outputs({"result": "failure", "exit-code": str(code)})
-        return code
+        outputs, markdown = {"result": "failure", "exit-code": str(code)}, None
+    try:
+        if not _hand_over(console, outputs, markdown) and not code:
+            code = 1  # a workflow must not go on as if outputs it cannot see said "success"
     finally:
         console.end()  # the runner reads commands again after the step, as it did before it
-    return run.process_exit_code
+    return code
+
+
+def _hand_over(console: Console, outputs: Mapping[str, str], markdown: str | None) -> bool:
+    """The outputs, then the step summary, to the runner's files; False if the outputs could not be written."""
+    handed = True
+    try:
+        console.set_outputs(outputs)
+    except OSError as exc:
+        handed = False
+        console.show_outputs(outputs, "outputs (not written: GITHUB_OUTPUT could not take them)")
+        console.failure(
+            ReportError(
+                f"the step's outputs could not be written to GITHUB_OUTPUT ({exc}): the run's own result "
+                f"({outputs.get('result', '?')}, exit code {outputs.get('exit-code', '?')}) and its other outputs "
+                "are only in this log, and the step fails so that the workflow does not go on without them",
+                hint="The runner's disk is full, or GITHUB_OUTPUT is not writable: free space on the runner (an "
+                "earlier step, or a larger runner) and re-run; a migrate that did succeed has nothing left to apply.",
+            )
+        )
+    if markdown is not None:
+        try:
+            console.summary(markdown)
+        except OSError as exc:
+            console.warning(f"the step summary could not be written to GITHUB_STEP_SUMMARY ({exc}); it is not shown")
+    return handed
 
 
 def run_and_exit() -> NoReturn:

@@ -296,7 +296,7 @@ async def _end_sessions(connection: asyncpg.Connection, application_name: str, w
                        AS seconds
               FROM pg_stat_activity
               WHERE application_name = $1 AND datname = current_database() AND usename = session_user
-                AND pid <> pg_backend_pid() AND state <> 'idle') AS busy
+                AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle') AS busy
         """,
         application_name,
     )

@@ -32,6 +32,7 @@ class Stage(enum.StrEnum):
     PULL = "pull"
     COMMAND = "command"
     INTERNAL = "internal"  # not a stage of the flow: an unexpected error, wherever it happened
+    REPORT = "report"  # after the flow: handing the results to the runner (the outputs, the step summary)
 
 
 class ActionError(Exception):
@@ -147,6 +148,12 @@ class CommandError(ActionError):
 
 class PendingMigrationsError(CommandError):
     """``check`` found unapplied migrations: the run's result is ``pending``, not ``failure``."""
+
+
+class ReportError(ActionError):
+    """The results could not be handed to the runner (its disk full, its files not writable)."""
+
+    stage = Stage.REPORT
 
 
 class InternalError(ActionError):

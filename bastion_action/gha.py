@@ -64,6 +64,28 @@ def output_record(name: str, value: str) -> str:
     return f"{name}<<{delimiter}\n{value}\n{delimiter}\n"
 
 
+def append_whole(path: str, text: str) -> None:
+    """Append ``text`` to the file at ``path``, or nothing of it: a write that fails (a full disk) is taken back.
+
+    The runner parses ``GITHUB_OUTPUT`` after the step: half a record (a heredoc without its end) would
+    fail the step with the runner's own parse error, and lose every output written before it.
+    """
+    data = text.encode("utf-8")
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(descriptor).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(descriptor, size)
+            raise
+    finally:
+        os.close(descriptor)
+
+
 def within_summary_limit(markdown: str) -> str:
     """The summary, cut at a line so that GitHub accepts it (a huge fan-out or migration table)."""
     data = markdown.encode("utf-8")
@@ -219,22 +241,24 @@ class Console:
 
     # -- outputs and summary ---------------------------------------------------
     def set_outputs(self, outputs: Mapping[str, str]) -> None:
+        """Append the outputs to ``GITHUB_OUTPUT``, all or none (an ``OSError`` if they cannot be written)."""
         path = self._environ.get("GITHUB_OUTPUT")
         redacted = {name: self.redact(value) for name, value in outputs.items()}
         if path:
-            records = "".join(output_record(name, value) for name, value in redacted.items())
-            with Path(path).open("a", encoding="utf-8", newline="") as file:
-                file.write(records)
+            append_whole(path, "".join(output_record(name, value) for name, value in redacted.items()))
         elif not self.github:
-            self.line("outputs:")
-            for name, value in redacted.items():
-                self.line(f"  {name}: {value}")
+            self.show_outputs(redacted)
+
+    def show_outputs(self, outputs: Mapping[str, str], title: str = "outputs") -> None:
+        """The outputs as log lines (off GitHub, or when ``GITHUB_OUTPUT`` could not take them)."""
+        self.line(f"{title}:")
+        for name, value in outputs.items():
+            self.line(f"  {name}: {self.redact(value)}")
 
     def summary(self, markdown: str) -> None:
         path = self._environ.get("GITHUB_STEP_SUMMARY")
         text = within_summary_limit(self.redact(markdown))  # cut after redaction: no secret is cut in half
         if path:
-            with Path(path).open("a", encoding="utf-8") as file:
-                file.write(text + "\n")
+            append_whole(path, text + "\n")
         elif not self.github:
             self.line(text)

@@ -267,3 +267,49 @@ def test_runner_debug_turns_on_debug_lines_for_every_stage_with_secrets_masked(
     assert any(line.startswith("settings: database(s) 127.0.0.1:") for line in debug), debug
     shown = [line for line in lines if not line.startswith("::add-mask::")]
     assert [line for line in shown if postgres.password in line or sshd_thread.password in line] == []
+
+
+def test_outputs_the_runner_cannot_take_fail_the_step_with_the_results_in_the_log(
+    tmp_path: Path, sshd_thread: SSHD, postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The runner's disk is full: a workflow must not go on as if outputs it cannot see said "success".
+    env = {**probe_env(tmp_path, sshd_thread, postgres), "GITHUB_OUTPUT": "/dev/full"}
+    assert cli.main([], env) == 1
+    printed = capsys.readouterr().out
+    errors = [line for line in printed.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        "::error title=bastion-migrate%3A report failed::the step's outputs could not be written to GITHUB_OUTPUT "
+        "([Errno 28] No space left on device): the run's own result (success, exit code 0)"
+    )
+    assert "  result: success" in printed.splitlines()  # the outputs, in the log instead
+    assert "Traceback" not in printed
+    assert (tmp_path / "sum").read_text().startswith("### ✅ bastion-migrate: `probe` on unit — success")
+
+
+def test_a_step_summary_the_runner_cannot_take_is_a_warning(
+    tmp_path: Path, sshd_thread: SSHD, postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {**probe_env(tmp_path, sshd_thread, postgres), "GITHUB_STEP_SUMMARY": "/dev/full"}
+    assert cli.main([], env) == 0  # the run succeeded, and the workflow has its outputs
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("::error")] == []
+    assert (
+        "::warning title=bastion-migrate::the step summary could not be written to GITHUB_STEP_SUMMARY "
+        "([Errno 28] No space left on device); it is not shown"
+    ) in lines
+    assert outputs(tmp_path)["result"] == "success"
+
+
+def test_a_failed_run_keeps_its_own_exit_code_and_failure_when_its_outputs_cannot_be_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {
+        **github_env(tmp_path, ssh_host="b", ssh_user="u", ssh_password="pw", ssh_port="0"),
+        "GITHUB_OUTPUT": "/nonexistent/out",
+    }
+    assert cli.main([], env) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("::error")]
+    assert errors[0].startswith("::error title=bastion-migrate%3A settings failed::")
+    assert errors[-1].startswith("::error title=bastion-migrate%3A report failed::the step's outputs could not be")
+    assert "(failure, exit code 1)" in errors[-1]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -13,7 +16,9 @@ from support import runner_commands
 
 from bastion_action import gha
 from bastion_action.errors import CommandError, TunnelError
-from bastion_action.gha import Console
+from bastion_action.gha import Console, append_whole
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DELIMITER = re.compile(r"ghadelimiter_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
@@ -376,3 +381,30 @@ def test_the_summary_is_cut_to_what_github_accepts_after_redaction(tmp_path: Pat
     assert "s3cret" not in text
     body = text.split("\n\n**The summary was cut")[0]
     assert all(line == "| x | " + "y" * 1000 + " *** |" for line in body.splitlines()[1:])
+
+
+_FILE_SIZE_LIMIT_SCRIPT = """
+import os, resource, signal, sys
+from bastion_action.gha import append_whole
+path = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path) + 100, resource.RLIM_INFINITY))
+try:
+    append_whole(path, "x" * 1000)
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_an_append_that_cannot_be_whole_is_taken_back(tmp_path: Path) -> None:
+    # The kernel writes what fits under the file size limit, then refuses: as a disk that fills mid-write.
+    # Half a GITHUB_OUTPUT record would fail the runner's parse of the whole file.
+    path = tmp_path / "out"
+    path.write_text("kept=1\n")
+    done = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMIT_SCRIPT, str(path)], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.strip() == str(errno.EFBIG)
+    assert path.read_text() == "kept=1\n"
+    append_whole(str(path), "more=2\n")
+    assert path.read_text() == "kept=1\nmore=2\n"
