@@ -17,7 +17,7 @@ from bastion_action import NAME, __version__, aio, pipeline, report, settings, s
 from bastion_action.errors import InternalError, ReportError, SettingsError, Stage
 from bastion_action.gha import Console
 from bastion_action.inputs import INPUTS, INPUTS_BY_NAME, close_matches, raw_from_environ
-from bastion_action.redaction import secret_forms
+from bastion_action.redaction import redacted, secret_forms
 from bastion_action.report import Result, RunResult
 from bastion_action.runners import local
 
@@ -136,6 +136,7 @@ def _finish(console: Console, run: RunResult, environ: Mapping[str, str]) -> int
         console.failure(run.error)
     elif run.cancelled:
         console.line("cancelled: the run was stopped and its resources released")
+    run = redacted(run, console.redact)  # every text, before it is escaped for Markdown or serialised
     try:
         outputs = report.outputs(run)
         try:

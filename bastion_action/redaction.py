@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, quote_plus
+
+_T = TypeVar("_T")
 
 _MIN_LINE_MASK = 4
 
@@ -65,3 +70,37 @@ def masks(values: Iterable[str | None], verbatim: Iterable[str] = ()) -> tuple[s
     """Every form of the given secrets, and the ``verbatim`` strings as they are; longest first."""
     found = {form for value in values if value for form in secret_forms(value)} | set(verbatim)
     return tuple(sorted(found, key=len, reverse=True))
+
+
+def redacted(value: _T, redact: Callable[[str], str]) -> _T:
+    """A copy of ``value`` with ``redact`` applied to every text in it, however deep: in lists, tuples,
+    dicts (keys too), dataclasses and exceptions (their arguments and attributes).
+
+    What the summary and the outputs show is redacted here, before it is escaped or serialised: a
+    secret escaped for Markdown (``my\\_pw``) or JSON-encoded after ``repr`` no longer matches any form
+    a redaction of the finished text would look for.
+    """
+    return cast("_T", _redacted(value, redact))
+
+
+def _redacted(value: Any, redact: Callable[[str], str]) -> Any:  # noqa: PLR0911 - one case per kind
+    if isinstance(value, enum.Enum):  # a StrEnum is a str, and stays the member it is
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(item, redact) for item in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_redacted(item, redact) for item in value)
+    if isinstance(value, dict):
+        return {_redacted(key, redact): _redacted(item, redact) for key, item in value.items()}
+    if isinstance(value, BaseException):
+        clone = type(value).__new__(type(value), *_redacted(value.args, redact))
+        clone.__dict__.update({name: _redacted(item, redact) for name, item in vars(value).items()})
+        return clone
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.fields(value)
+        return dataclasses.replace(
+            value, **{field.name: _redacted(getattr(value, field.name), redact) for field in fields if field.init}
+        )
+    return value

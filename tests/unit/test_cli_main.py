@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import json
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -313,3 +314,21 @@ def test_a_failed_run_keeps_its_own_exit_code_and_failure_when_its_outputs_canno
     assert errors[0].startswith("::error title=bastion-migrate%3A settings failed::")
     assert errors[-1].startswith("::error title=bastion-migrate%3A report failed::the step's outputs could not be")
     assert "(failure, exit code 1)" in errors[-1]
+
+
+def test_a_secret_in_a_failure_is_redacted_before_the_summary_escapes_it(
+    tmp_path: Path, sshd_thread: SSHD, postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # db-user from a team secret: the probe's failure names it. The summary escapes Markdown (`_` -> `\_`), so
+    # a redaction of the finished Markdown no longer found it: every text is redacted before it is escaped.
+    env = probe_env(tmp_path, sshd_thread, postgres)
+    del env["INPUT_DB_USER"]
+    user = "no_such*user_[x]"
+    env["INPUT_SECRETS"] = json.dumps({"UNIT_DB_USER": user})
+    assert cli.main([], env) == 1
+    printed = "\n".join(line for line in capsys.readouterr().out.splitlines() if not line.startswith("::add-mask::"))
+    written = (tmp_path / "sum").read_text() + (tmp_path / "out").read_text()
+    assert "**Failed in the `probe` stage:** the database refused user '\\*\\*\\*'" in written
+    for shown in (printed, written):
+        assert "user" in shown
+        assert not [form for form in ("no_such", "no\\_such", "such\\*user", "user_", "user\\_") if form in shown]

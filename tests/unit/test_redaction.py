@@ -10,8 +10,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from bastion_action import cli
-from bastion_action.redaction import masks, secret_forms
+from bastion_action import cli, report
+from bastion_action.errors import CommandError
+from bastion_action.gha import Console
+from bastion_action.redaction import masks, redacted, secret_forms
+from bastion_action.report import Result, RunResult
 
 # Letters only: every printer below leaves them as they are, so they fence the secret's printed form.
 FENCE = "QxFENCExQ"
@@ -102,3 +105,26 @@ def test_forms_are_registered_before_settings_are_parsed(password: str) -> None:
     assert set(secret_forms(password)) <= set(from_json)
     from_environ = cli._secret_inputs({"environment": "prod"}, {"PROD_DB_PASSWORD": password})
     assert set(secret_forms(password)) <= set(from_environ)
+
+
+def test_a_run_is_redacted_through_and_through_before_it_is_serialised() -> None:
+    # A command's error quoting repr() of the password, in a fan-out: the `databases` output is JSON of it,
+    # a form no redaction of the finished JSON looks for (a backslash doubled twice).
+    password = "my\\pw'x9"
+    console = Console({})
+    console.mask(masks([password]))
+    failed = CommandError(f"exited with code 1: RuntimeError: {password!r}", hint=f"see {password}", exit_code=1)
+    one = RunResult("dev", "lightweight", "custom", database="app", result=Result.FAILURE, error=failed)
+    run = RunResult("dev", "lightweight", "custom", result=Result.FAILURE, targets=[one], output_tail=[password])
+    shown = redacted(run, console.redact)
+    serialised = json.dumps(report.outputs(shown)) + report.outputs(shown)["databases"] + str(report.document(shown))
+    assert "pw" not in serialised
+    assert "***" in report.outputs(shown)["databases"]
+    assert shown.result is Result.FAILURE  # members stay members
+    assert shown.targets is not None
+    error = shown.targets[0].error
+    assert isinstance(error, CommandError)
+    assert (error.message, error.hint, error.exit_code) == ('exited with code 1: RuntimeError: "***"', "see ***", 1)
+    assert run.targets is not None
+    assert run.targets[0].error is failed, "the run itself is left as it was"
+    assert failed.message.endswith(repr(password))
