@@ -160,9 +160,9 @@ class _Run:
             if not settings.targets:  # one database: its results are the run's
                 targets.append(Target(db, sock, run, self.clock))
                 continue
-            result = RunResult(run.environment, run.mode, run.command, database=db.name)
-            report = _labelled(self.console, db.name)
-            targets.append(Target(db, sock, result, Clock(result, report, self.clock.origin), label=db.name))
+            result = RunResult(run.environment, run.mode, run.command, database=db.key)
+            report = _labelled(self.console, db.key)
+            targets.append(Target(db, sock, result, Clock(result, report, self.clock.origin), label=db.key))
         return targets
 
     async def runners(

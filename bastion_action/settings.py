@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import ssl
+from collections import Counter
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -29,6 +30,7 @@ from bastion_action.inputs import (
 from bastion_action.lint import Risk, Thresholds
 from bastion_action.redaction import masks, secret_forms
 from bastion_action.references import (
+    DatabaseTarget,
     ImageReference,
     JumpHost,
     is_digitalocean,
@@ -147,6 +149,14 @@ class DatabaseSettings:
     sslrootcert: str | None = None  # PEM text of the CA; given exactly when sslmode is verify-ca or verify-full
     rollback_targets: tuple[tuple[str, str], ...] = ()  # command: rollback: (app, migration or "zero") for this one
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)  # as SSHSettings'
+    # Fan-out: how the log, the outputs and the summary name this database: ``host:port/name`` when another
+    # database of the run has the same name (on another server), else "" (its name).
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        """This database among the run's: its name, or ``host:port/name`` when the name alone is not one."""
+        return self.label or self.name
 
     def source(self, *names: str) -> str:
         return _source_note(self.sources, names)
@@ -550,7 +560,7 @@ def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]
     ssh = _ssh_settings(read)
     db = _db_settings(read)
     fan_out = read.attempt(lambda: parse_databases(read.text("databases"), db.host, db.port), ())
-    targets = tuple(dataclasses.replace(db, host=target.host, port=target.port, name=target.name) for target in fan_out)
+    targets = _fan_out_targets(db, fan_out)
     db, targets = _rollback_targets(read, command, db, targets)
     concurrency_text = read.text("concurrency")
     concurrency = 1
@@ -626,6 +636,22 @@ def _settings(read: Reader, layered: sources.Layered, environ: Mapping[str, str]
     )
 
 
+def _fan_out_targets(db: DatabaseSettings, fan_out: tuple[DatabaseTarget, ...]) -> tuple[DatabaseSettings, ...]:
+    """Each entry of ``databases`` as the database settings it overrides; a name two servers share is labelled
+    ``host:port/name``, so that the log, the outputs and rollback-targets tell them apart."""
+    names = Counter(target.name for target in fan_out)
+    return tuple(
+        dataclasses.replace(
+            db,
+            host=target.host,
+            port=target.port,
+            name=target.name,
+            label=f"{_url_host(target.host)}:{target.port}/{target.name}" if names[target.name] > 1 else "",
+        )
+        for target in fan_out
+    )
+
+
 def _rollback_targets(
     read: Reader, command: Command, db: DatabaseSettings, targets: tuple[DatabaseSettings, ...]
 ) -> tuple[DatabaseSettings, tuple[DatabaseSettings, ...]]:
@@ -649,19 +675,11 @@ def _rollback_targets(
         read.problem(input_error("args", "nothing with command: rollback (rollback-targets says what to do)"))
     if not targets:
         return dataclasses.replace(db, rollback_targets=read.attempt(lambda: rollback.parse(text), ())), targets
-    names = [target.name for target in targets]
-    if len(set(names)) < len(names):
-        read.problem(
-            SettingsError(
-                "databases: expected distinct database names with command: rollback (rollback-targets are by name)",
-                hint="Roll back the databases that share a name in separate steps.",
-                inputs=("databases", rollback.INPUT),
-            )
-        )
-        return db, targets
-    per_database = read.attempt(lambda: rollback.parse_fan_out(text, names), {})
+    # By the names the migrate's output used: each database's name, or host:port/name for names two servers share.
+    keys = [target.key for target in targets]
+    per_database = read.attempt(lambda: rollback.parse_fan_out(text, keys), {})
     return db, tuple(
-        dataclasses.replace(target, rollback_targets=per_database.get(target.name, ())) for target in targets
+        dataclasses.replace(target, rollback_targets=per_database.get(target.key, ())) for target in targets
     )
 
 

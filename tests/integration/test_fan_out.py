@@ -158,3 +158,21 @@ def test_databases_held_by_the_server_do_not_hold_up_the_others(action, base_inp
     assert all(per_database[name]["duration-seconds"] >= HELD_SECONDS - 0.5 for name in held), per_database
     assert per_database[free]["duration-seconds"] < HELD_SECONDS - 2, per_database
     assert f"resident processes: {cpus + 1} started, {cpus + 1} command(s) served" in run.stdout, run.explain()
+
+
+def test_a_name_two_servers_share_keeps_both_results(action, base_inputs, lab, databases) -> None:
+    # The same database name on two servers (DigitalOcean calls every cluster's `defaultdb`); here the second
+    # "server" is a port nothing listens on. Each result keeps its own key: neither overwrites the other.
+    name = databases[0]
+    here, nowhere = f"{lab['db_host']}:{lab['db_port']}/{name}", f"{lab['db_host']}:5433/{name}"
+    run = action({**base_inputs, "command": "migrate", "db-name": "", "databases": f"{here}\n{nowhere}"})
+    assert run.returncode == 1, run.explain()
+    per_database = json.loads(run.outputs["databases"])
+    assert sorted(per_database) == sorted([here, nowhere])
+    assert per_database[here]["result"] == "success"
+    assert per_database[here]["applied-count"] == 6
+    assert per_database[nowhere]["result"] == "failure"
+    assert json.loads(run.outputs["rollback-targets"])[here] == {"audit": "zero", "catalog": "zero", "orders": "zero"}
+    assert f"1 of 2 databases did not succeed: {nowhere} (failure)" in run.annotations[0]
+    assert f"[{here}] " in run.stdout
+    assert recorded(lab, name) == 6

@@ -282,3 +282,29 @@ def test_a_refused_rollback_s_report_and_summary_name_the_irreversible_step() ->
     text = summary.markdown(run)
     assert "crosses an irreversible migration, so nothing was unapplied" in text
     assert "- `ledger.0002_opening_balance` — ⛔ irreversible: RunPython, Raw Python operation" in text
+
+
+def test_databases_two_servers_share_a_name_are_told_apart_and_rolled_back_each() -> None:
+    # DigitalOcean names every cluster's database "defaultdb": a fan-out over two clusters has the name twice.
+    entries = "db1.example.com/defaultdb, db2.example.com:25060/defaultdb, shop_c"
+    parsed = make_settings(command="migrate", db_name="", databases=entries)
+    assert [target.key for target in parsed.targets] == [
+        "db1.example.com:5432/defaultdb",
+        "db2.example.com:25060/defaultdb",
+        "shop_c",  # a name no other database of the run has stays the key
+    ]
+    assert [target.name for target in parsed.targets] == ["defaultdb", "defaultdb", "shop_c"]
+    # The migrate's output keys them so; a rollback given that output finds each one's own targets.
+    run = RunResult("prod", "lightweight", "migrate", result=Result.SUCCESS)
+    run.targets = [
+        RunResult("prod", "lightweight", "migrate", database=target.key, rollback_targets={"catalog": app})
+        for target, app in zip(parsed.targets, ("zero", "0001_initial", "0002_x"), strict=True)
+    ]
+    values = report.outputs(run)
+    assert set(json.loads(values["databases"])) == {target.key for target in parsed.targets}
+    back = make_settings(command="rollback", db_name="", databases=entries, rollback_targets=values["rollback-targets"])
+    assert [target.rollback_targets for target in back.targets] == [
+        (("catalog", "zero"),),
+        (("catalog", "0001_initial"),),
+        (("catalog", "0002_x"),),
+    ]
