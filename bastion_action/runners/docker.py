@@ -190,16 +190,21 @@ class DockerRunner:
         }
         name = f"bastion-migrate-{uuid.uuid4().hex[:12]}"
         output.note(f"container {name}: network {network}")
+        creating = asyncio.ensure_future(self.docker.containers.create(config=config, name=name))
         try:
-            container = await self.docker.containers.create(config=config, name=name)
+            container = await asyncio.shield(creating)
         except aiodocker.DockerError as exc:
             if exc.status == _CANNOT_CONNECT:
                 unreachable = self._unreachable(exc.message)
                 raise CommandError(unreachable.message, hint=unreachable.hint, anchor="docker-daemon") from exc
             raise CommandError(f"cannot create the container: {exc.message}", hint="See the Docker message.") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            await aio.to_the_end(self._discard(creating, name))  # the request broke: the engine may have created it
             unreachable = self._unreachable(exc)
             raise CommandError(unreachable.message, hint=unreachable.hint, anchor="docker-daemon") from exc
+        except asyncio.CancelledError:
+            await aio.to_the_end(self._discard(creating, name))
+            raise
         registered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         removed = asyncio.ensure_future(self._wait_removed(container, registered))
         started = False
@@ -221,6 +226,18 @@ class DockerRunner:
         finally:
             # However often the run is cancelled meanwhile.
             await aio.to_the_end(self._end(container, removed, started=started))
+
+    async def _discard(self, creating: asyncio.Future[Any], name: str) -> None:
+        """A create the run did not see through: the engine creates the container all the same (holding the
+        command's environment: the database URL, SECRET_KEY) and, never started, AutoRemove never removes it.
+
+        Its answer is awaited (bounded), then the container removed by its name, whatever the answer was.
+        """
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(creating, REMOVE_TIMEOUT_SECONDS)
+        await aio.stop(creating)
+        with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError):
+            await self.docker.containers.container(name).delete(force=True, timeout=REMOVE_TIMEOUT_SECONDS)
 
     async def _wait_removed(self, container: aiodocker.docker.DockerContainer, registered: asyncio.Future[None]) -> int:
         """The exit code, once the engine has removed the container (``docker run --rm`` waits the same way).

@@ -223,3 +223,68 @@ def test_compare_mode_shows_the_drift(action, docker_inputs, lab, tmp_path) -> N
     wrong = action({**inputs, "command": "migrate"})
     assert_failed_in(wrong, "settings")
     assert "command: expected showmigrations with mode: compare" in wrong.annotations[0]
+
+
+# Passes the Docker API through, holding back the daemon's answer to a container create as a busy daemon would.
+_SLOW_CREATE_PROXY = r"""
+import asyncio, os, re, sys
+listen, delay = sys.argv[1], float(sys.argv[2])
+
+async def handle(client_reader, client_writer):
+    daemon_reader, daemon_writer = await asyncio.open_unix_connection("/var/run/docker.sock")
+    creating = asyncio.Event()
+
+    async def up():
+        while data := await client_reader.read(65536):
+            if re.search(rb"^POST /[^ ]*containers/create", data, re.M):
+                creating.set()
+                print("create held", flush=True)
+            daemon_writer.write(data)
+            await daemon_writer.drain()
+        daemon_writer.write_eof()
+
+    async def down():
+        while data := await daemon_reader.read(65536):
+            if creating.is_set():
+                creating.clear()
+                await asyncio.sleep(delay)
+            client_writer.write(data)
+            await client_writer.drain()
+        client_writer.close()
+
+    await asyncio.gather(up(), down(), return_exceptions=True)
+
+async def main():
+    server = await asyncio.start_unix_server(handle, listen)
+    print("listening", flush=True)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def test_a_cancel_while_the_engine_creates_the_container_leaves_none_behind(docker_inputs, tmp_path) -> None:
+    # The engine creates the container whatever became of the request; never started, AutoRemove never removes
+    # it, and it holds the command's environment (the database URL with its password, SECRET_KEY).
+    socket_path = tmp_path / "slow-docker.sock"
+    proxy = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CREATE_PROXY, str(socket_path), "2"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proxy.stdout is not None
+        assert proxy.stdout.readline().strip() == "listening"
+        started = time.monotonic()
+        process = start_action(
+            {**docker_inputs, "command": "showmigrations"}, tmp_path, extra_env={"DOCKER_HOST": f"unix://{socket_path}"}
+        )
+        assert proxy.stdout.readline().strip() == "create held"
+        time.sleep(0.3)  # the engine has the request; its answer is held back
+        os.kill(process.pid, signal.SIGTERM)
+        run = finish_action(process, tmp_path, started, timeout=20)
+    finally:
+        proxy.kill()
+        proxy.communicate()
+    assert run.returncode == 128 + signal.SIGTERM, run.explain()
+    assert "cancelled: the run was stopped and its resources released" in run.stdout
+    # docker_inputs checks that no container of the run is left, created or running
