@@ -13,7 +13,7 @@ import asyncpg
 
 from bastion_action.errors import ActionError, ProbeError
 from bastion_action.lint import TableFacts
-from bastion_action.lock import APPLICATION_NAME, Lease
+from bastion_action.lock import APPLICATION_NAME, RELEASE_SECONDS, Lease
 from bastion_action.report import ServerInfo
 from bastion_action.settings import DatabaseSettings
 
@@ -213,8 +213,13 @@ class Session:
                 await self.lease.start(lease)
 
     async def unlock(self) -> None:
-        async with self.guard:
-            await self.lease.release()
+        """Release the lock; bounded (the heartbeat may hold the connection on a silent link): past the bound the
+        connection is dropped, which releases the lock once the server notices, at the latest when the lease ends."""
+        try:
+            async with asyncio.timeout(2 * RELEASE_SECONDS), self.guard:
+                await self.lease.release()
+        except TimeoutError:
+            self.connection.terminate()
 
     async def snapshot(self) -> list[tuple[str, str]]:
         """The rows of django_migrations, (app, name), in the order they were recorded."""
@@ -226,7 +231,7 @@ class Session:
         return [(str(row["app"]), str(row["name"])) for row in rows]
 
     async def end_sessions(self, application_name: str, port: int, wait: float) -> list[Ended]:
-        """End the sessions called ``application_name`` still busy on the server (a command's, once it has ended).
+        """End the sessions called ``application_name`` still on the server (a command's, once it has ended).
 
         On this session's connection; if that one is gone (the lock's lease lost, say), on a new one
         through ``port``. Each is ended with ``pg_terminate_backend``: its statement stops and its
@@ -272,11 +277,12 @@ async def session(
     try:
         yield opened
     finally:
+        # Bounded, not by connect-timeout: on a link gone silent a cancelled run must still end within 10 s.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(opened.unlock(), timeout)
+            await opened.unlock()
         # Closing the session also releases the lock server-side, whatever happened above.
         with contextlib.suppress(Exception):
-            await connection.close(timeout=timeout)
+            await connection.close(timeout=RELEASE_SECONDS)
         if not connection.is_closed():
             connection.terminate()
 
@@ -286,8 +292,8 @@ def _reason(exc: BaseException) -> str:
 
 
 async def _end_sessions(connection: asyncpg.Connection, application_name: str, wait: float) -> list[Ended]:
-    # Busy ones only: an idle session holds no transaction, and its server process ends by itself on the EOF
-    # its closed connection brings. Only this login role's: the command connects as it, and only those may be ended.
+    # Idle ones too: one ends by itself on the EOF its closed connection brings, unless what was sent before the
+    # gate closed is still on its way. Only this login role's: the command connects as it, and only those may be ended.
     rows = await connection.fetch(
         """
         SELECT pid, state, seconds, pg_terminate_backend(pid) AS ended
@@ -296,7 +302,7 @@ async def _end_sessions(connection: asyncpg.Connection, application_name: str, w
                        AS seconds
               FROM pg_stat_activity
               WHERE application_name = $1 AND datname = current_database() AND usename = session_user
-                AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle') AS busy
+                AND backend_type = 'client backend' AND pid <> pg_backend_pid()) AS named
         """,
         application_name,
     )
@@ -308,7 +314,12 @@ async def _end_sessions(connection: asyncpg.Connection, application_name: str, w
         still = await connection.fetch("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids)
         left = {int(row["pid"]) for row in still}
     return [
-        Ended(pid=int(row["pid"]), state=str(row["state"]), seconds=float(row["seconds"]), gone=row["pid"] not in left)
+        Ended(
+            pid=int(row["pid"]),
+            state=str(row["state"] or "starting"),  # not yet past authentication
+            seconds=float(row["seconds"] or 0),
+            gone=row["pid"] not in left,
+        )
         for row in rows
         if row["ended"]
     ]

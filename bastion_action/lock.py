@@ -32,6 +32,9 @@ LOCK_POLL_SECONDS = 0.5
 HEARTBEATS_PER_LEASE = 3
 IDLE_SESSION_TIMEOUT_SINCE = 140000  # server_version_num of PostgreSQL 14
 APPLICATION_NAME = "bastion-migrate"  # every session of the action, so a holder can be told apart
+# The unlock waits this long for the server; past it (a link gone silent) the session is dropped instead,
+# which releases the lock as soon as the server notices (at the latest when the lease runs out).
+RELEASE_SECONDS = 1.0
 
 
 def lock_keys(database: str) -> tuple[int, int]:
@@ -261,5 +264,10 @@ class Lease:
             self.connection.remove_termination_listener(self._terminated)
             # A lost lease's session is dead or unusable (a heartbeat cancelled mid-query aborts it): nothing to say.
             if not self.connection.is_closed() and not self.lost.done():
-                await self.connection.fetchval("SELECT pg_advisory_unlock($1, $2)", *self.keys)
+                try:
+                    await self.connection.fetchval(
+                        "SELECT pg_advisory_unlock($1, $2)", *self.keys, timeout=RELEASE_SECONDS
+                    )
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+                    self.connection.terminate()
         self.held = False

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import secrets
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bastion_action import aio, cafile, django_shell, lint, operations, outcome, rollback, show_sql
@@ -88,11 +88,20 @@ async def while_tunnel_up(work: Awaitable[_T], opened: tunnel.Tunnel) -> _T:
     raise tunnel_dropped()
 
 
-async def guarded(work: Awaitable[_T], lease: Lease, gate: Gate, opened: tunnel.Tunnel, link_verdict: float) -> _T:
+async def guarded(
+    work: Awaitable[_T],
+    lease: Lease,
+    gate: Gate,
+    opened: tunnel.Tunnel,
+    *,
+    link_verdict: float,
+    leftovers: Callable[[], Awaitable[None]],
+) -> _T:
     """The work's result, unless the lock is lost first.
 
-    Then the command's connections are cut at once (no other run may migrate alongside a live
-    session of this one) and the work is stopped. Only then is the cause told: a lease that
+    Then the command's connections are cut at once and what it has running on the server is ended
+    (``leftovers``: another run may take the lock from now on, and must not migrate alongside a live
+    session of this one), and the work is stopped. Only then is the cause told: a lease that
     ended because the SSH link did is the tunnel's failure. A heartbeat that went unanswered
     may be a silent link, which the SSH keepalives declare dead within ``link_verdict``
     seconds: that long, at most, the verdict waits for them.
@@ -107,6 +116,7 @@ async def guarded(work: Awaitable[_T], lease: Lease, gate: Gate, opened: tunnel.
         if running.done():
             return running.result()
         gate.close()
+        await aio.to_the_end(leftovers())
         await aio.stop(running)
         await asyncio.wait({dropped}, timeout=link_verdict if lease.unanswered else LINK_GRACE_SECONDS)
         if dropped.done():
@@ -130,6 +140,7 @@ class _Database:
         self.main: Launched | None = None
         # What the command's sessions are called on the server (PGAPPNAME): this database's, in this run only.
         self.application_name = f"{COMMAND_SESSION_PREFIX} {secrets.token_hex(4)}"
+        self.leftovers_ended = False  # the command's sessions left on the server were looked for (end_leftovers)
         self.marker = ""  # rollback: the marker of its step's answer
         self.check: rollback.Check | None = None  # rollback: what its step answered
 
@@ -175,16 +186,25 @@ class _Database:
         self.main = self.launch(runner, argv, title(self.settings, runner, argv))
 
     async def settle(self, session: database.Session, opened: tunnel.Tunnel, gate: Gate) -> None:
-        """The command has ended, or is stopped now: what it left busy on the server is ended before the lock goes.
+        """The command has ended, or is stopped now: nothing of it may reach the database any more, and what
+        it left on the server is ended, before the lock goes.
 
         A statement runs on in the server after its client is gone (PostgreSQL notices only when it
         next writes to it), holding its locks: a cancelled run's migration would keep its tables locked
         for the rest of its statement, and a run that took the lock meanwhile would migrate alongside it.
+        A process the command left behind (a daemon in a session of its own, ended only with the run)
+        could still use a connection it holds, or open one: the gate is closed first.
         """
+        gate.close()
         if self.main is not None:
             await self.main.stop()
-        if gate.target is None:  # the command's connections never reached the database
+        await self.end_leftovers(session, opened, gate)
+
+    async def end_leftovers(self, session: database.Session, opened: tunnel.Tunnel, gate: Gate) -> None:
+        """End the command's sessions still on the server (its gate closed: none can start after this); once."""
+        if gate.target is None or self.leftovers_ended:  # its connections never reached the database; or done
             return
+        self.leftovers_ended = True
         if opened.closed():
             self.debug("command: the link is down; whatever the command left busy on the server ends by itself")
             return
@@ -202,14 +222,16 @@ class _Database:
                 f"'{name}')"
             )
             return
-        if not ended:
-            self.debug(f"command: none of its sessions ('{name}') was left busy on the server")
+        # An idle one was ending anyway (its connection closed): ended without a word; a busy one is news.
+        busy = [one for one in ended if one.state != "idle"]
+        if not busy:
+            self.debug(f"command: none of its sessions ('{name}') was left busy on the server ({len(ended)} idle)")
             return
         described = ", ".join(
             f"pid {one.pid} ({one.state} for {one.seconds:.1f} s{'' if one.gone else ', still exiting'})"
-            for one in ended
+            for one in busy
         )
-        self.say(f"command: ended {len(ended)} session(s) it left busy on the server, rolled back: {described}")
+        self.say(f"command: ended {len(busy)} session(s) it left busy on the server, rolled back: {described}")
 
     def _label(self) -> str:
         return f"[{self.target.label}] " if self.target.label else ""
@@ -532,7 +554,8 @@ async def run_database(shared: Shared, target: Target) -> None:
                         session.lease,
                         gate,
                         opened,
-                        path.settings.ssh.keepalive_interval * (tunnel.KEEPALIVE_COUNT_MAX + 1),
+                        link_verdict=path.settings.ssh.keepalive_interval * (tunnel.KEEPALIVE_COUNT_MAX + 1),
+                        leftovers=lambda: path.end_leftovers(session, opened, gate),
                     )
                 finally:
                     await aio.to_the_end(path.settle(session, opened, gate))  # before the lock goes

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -308,3 +310,21 @@ def test_a_dead_link_mid_fan_out_ends_the_resident_processes_and_names_the_link(
     assert per_database[names[1]]["result"] == "failure"
     assert per_database[names[1]]["error"].startswith("tunnel: the SSH connection to the bastion ended"), per_database
     assert left == [], f"Django processes left behind: {[p.cmdline() for p in left]}"
+
+
+def test_a_cancel_on_a_silent_link_ends_within_10_s_and_as_a_cancel(base_inputs, lab, fresh_db, tmp_path) -> None:
+    """The cleanup's waits on the database (its leftovers, the unlock, the session's close) are bounded by
+    seconds, not by connect-timeout: a link gone silent cannot hold a cancelled run past GitHub's grace."""
+    inputs = {**base_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_SLEEP=60", "connect-timeout": "20"}
+    started = time.monotonic()
+    process = start_action(inputs, tmp_path)
+    with link_silenced(lab, process, lambda: _sleeping(lab, fresh_db), "pg_sleep"):
+        time.sleep(0.5)
+        os.kill(process.pid, signal.SIGTERM)
+        sent = time.monotonic()
+        run = finish_action(process, tmp_path, started, timeout=40)
+        took = time.monotonic() - sent
+    assert run.returncode == 128 + signal.SIGTERM, run.explain()
+    assert took < 10, f"ended {took:.1f} s after SIGTERM\n{run.explain()}"
+    assert not [line for line in run.annotations if line.startswith("::error")], run.explain()
+    assert "cancelled: the run was stopped and its resources released" in run.stdout

@@ -19,12 +19,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 from support import (
     ActionRun,
     admin_sql,
     assert_failed_in,
     finish_action,
+    processes_mentioning,
     start_action,
     wait_for,
     with_docker,
@@ -186,3 +188,84 @@ def test_sessions_the_action_did_not_name_are_never_ended(base_inputs, lab, fres
             "WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%'",
             fresh_db,
         )
+
+
+# Started by a custom command in a session of its own, it outlives the command (the run ends it last of all):
+# two connections, one kept busy and one idle; when the busy one is ended, the idle one starts new work.
+_LINGERER = """
+import os, sys, psycopg2
+busy, idle = psycopg2.connect(os.environ["DATABASE_URL"]), psycopg2.connect(os.environ["DATABASE_URL"])
+idle.autocommit = True  # idle, not idle in a transaction
+idle.cursor().execute("SELECT 1")
+print("connected", flush=True)
+try:
+    busy.cursor().execute("SELECT pg_sleep(60)")
+except Exception:
+    pass
+idle.cursor().execute("LOCK TABLE django_migrations IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)")
+"""
+
+
+def test_a_process_the_command_left_behind_gets_nothing_more_through(base_inputs, lab, fresh_db, tmp_path) -> None:
+    script, log = tmp_path / "lingerer.py", tmp_path / "lingerer.log"
+    script.write_text(_LINGERER)
+    migrated = finish_action(start_action({**base_inputs, "command": "migrate"}, tmp_path / "m"), tmp_path / "m", 0.0)
+    assert migrated.returncode == 0, migrated.explain()
+    command = (
+        f"bash -c 'setsid {lab['runner_python']} {script} </dev/null >{log} 2>&1 & "
+        f"until grep -q connected {log}; do sleep 0.1; done; sleep 1'"
+    )
+    inputs = {**base_inputs, "command": "custom", "args": command}
+    run = finish_action(start_action(inputs, tmp_path / "c"), tmp_path / "c", time.monotonic())
+    assert run.returncode == 0, run.explain()
+    assert "command: ended 1 session(s) it left busy on the server" in run.stdout, run.explain()
+    time.sleep(1)
+    left = admin_sql(
+        lab,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE 'bastion-migrate command %'",
+        fresh_db,
+    )
+    assert left == "0", f"sessions of the command outlived the run\n{log.read_text()}"
+    assert sleepers(lab, fresh_db) == []
+
+
+# A command that ignores SIGTERM (the action's stop then takes its 3 s grace) and runs a long statement.
+_STUBBORN = """
+import os, signal, time, psycopg2
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+connection = psycopg2.connect(os.environ["DATABASE_URL"])
+try:
+    connection.cursor().execute("SELECT pg_sleep(60)")
+except Exception:
+    pass
+time.sleep(60)
+"""
+
+
+def test_a_lost_lock_ends_the_statement_before_the_command_is_stopped(base_inputs, lab, fresh_db, tmp_path) -> None:
+    """Another run may take the lock as soon as it is lost: the command's statement is ended at once, not
+    after the command has been stopped (which a command ignoring SIGTERM makes wait for its grace)."""
+    script = tmp_path / "stubborn.py"
+    script.write_text(_STUBBORN)
+    inputs = {**base_inputs, "command": "custom", "args": f"{lab['runner_python']} {script}"}
+    started = time.monotonic()
+    process = start_action(inputs, tmp_path / "run")
+    try:
+        wait_for(lambda: sleepers(lab, fresh_db), "the command's statement", 60)
+        [command] = [pid for pid in processes_mentioning(str(script)) if str(script) in psutil.Process(pid).cmdline()]
+        holder = admin_sql(
+            lab,
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1651733614 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            fresh_db,
+        )
+        admin_sql(lab, f"SELECT pg_terminate_backend({int(holder)})")
+        wait_for(lambda: not sleepers(lab, fresh_db), "the statement ended", 15)
+        assert psutil.pid_exists(command), "the statement outlived the command: it was ended only after the stop"
+        run = finish_action(process, tmp_path / "run", started, timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert_failed_in(run, "lock")
+    assert "command: ended 1 session(s) it left busy on the server" in run.stdout, run.explain()
