@@ -194,6 +194,14 @@ class Session:
             raise ProbeError(
                 f"the database answered {doing} with an error: {exc}", hint="See the message; check db-* inputs."
             ) from exc
+        except TimeoutError as exc:  # asyncpg's command_timeout; an OSError too, but no broken connection
+            raise ProbeError(
+                f"the database did not answer {doing} within {self.timeout:g} s (connect-timeout)",
+                hint="A lock another session holds makes the query wait (on django_migrations, say: a "
+                "LOCK TABLE, a VACUUM FULL; see pg_locks), or the database is overloaded. End that session "
+                "or raise connect-timeout.",
+                anchor="database-unreachable",
+            ) from exc
         except (asyncpg.InterfaceError, OSError) as exc:
             raise ProbeError(
                 f"the database connection broke {doing}: {exc}",

@@ -7,7 +7,7 @@ import subprocess
 import time
 from typing import Any
 
-from support import admin_sql, assert_failed_in, finish_action, start_action, wait_for
+from support import admin_sql, assert_failed_in, finish_action, start_action, table_locked, wait_for
 
 Lab = dict[str, Any]
 
@@ -90,3 +90,13 @@ def test_db_lock_timeout_fails_a_migration_that_would_queue_behind_a_long_transa
     [error] = run.annotations
     assert "lock timeout" in error, run.explain()
     assert "db-lock-timeout" in error, run.explain()
+
+
+def test_a_probe_waiting_on_another_sessions_lock_says_so(action, base_inputs, lab, fresh_db) -> None:
+    first = action({**base_inputs, "command": "migrate"})
+    assert first.returncode == 0, first.explain()
+    with table_locked(lab, fresh_db, "django_migrations"):  # another session's ACCESS EXCLUSIVE lock
+        run = action({**base_inputs, "command": "showmigrations", "connect-timeout": "3"})
+    assert_failed_in(run, "probe")
+    assert "the database did not answer reading the server's facts within 3 s (connect-timeout)" in run.annotations[0]
+    assert "A lock another session holds makes the query wait" in run.annotations[0], run.explain()
