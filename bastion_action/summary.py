@@ -27,9 +27,17 @@ WAY_BACK_SHOWN = 50  # migrations of a rollback's plan
 _ICONS = {Result.SUCCESS: "✅", Result.PENDING: "⏳", Result.FAILURE: "❌"}
 _LISTS_SHOWN = ("applied", "pending", "faked", "unapplied")  # fan-out table columns
 
-# Markdown that untrusted text could use to end a table cell, open a code span or a link, or escape our own.
-_INLINE_SPECIALS = re.compile(r"([\\`|\[\]*_])")
-_NOT_IN_CODE = re.compile(r"[<>&|]")
+# Markdown that untrusted text could use to end a table cell, open a code span or a link, strike or set math
+# (GitHub's ~~ and $), or escape our own.
+_INLINE_SPECIALS = re.compile(r"([\\`|\[\]*_~$])")
+# Characters that do not show as themselves: controls (an ESC starts a terminal sequence), zero-width ones and
+# bidirectional overrides (``evil\u202egnp.exe`` reads as ``evilexe.png``). Shown by their code point instead.
+_UNSEEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+_NOT_IN_CODE = re.compile(rf"[<>&|]|{_UNSEEN.pattern}")
+# What GitHub links in text even when escaped: a URL (scheme://, www.), a mention (@name), a reference (#12).
+# A word joiner (or an entity for the URL's punctuation) after the trigger keeps the characters, not the link.
+_AUTOLINKED = re.compile(r"(?i)(?<=[a-z])(:)(?=//)|(?<=\bwww)(\.)|(@|#)(?=\w)")
+_UNLINKED = {":": "&#58;", ".": "&#46;", "@": "@\u2060", "#": "#\u2060"}
 # A link target we build from the runner's variables; anything else (spaces, parentheses, quotes) is not linked.
 _SAFE_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[A-Za-z0-9._~%!$&'*+,;=:@/#-]*)?")
 
@@ -39,8 +47,11 @@ def _one_line(text: str) -> str:
 
 
 def text(value: str) -> str:
-    """Untrusted text as inline Markdown that renders as itself: no HTML, no cell break, no code span, no link."""
-    return _INLINE_SPECIALS.sub(r"\\\1", html.escape(_one_line(value), quote=False))
+    """Untrusted text as inline Markdown that renders as itself: no HTML, no cell break, no code span, no link
+    (nor an automatic one), no character that does not show as itself."""
+    shown = _UNSEEN.sub(lambda found: f"(U+{ord(found[0]):04X})", _one_line(value))
+    escaped = _INLINE_SPECIALS.sub(r"\\\1", html.escape(shown, quote=False))
+    return _AUTOLINKED.sub(lambda found: _UNLINKED[found[0]], escaped)
 
 
 def code(value: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from typing import Any
@@ -207,3 +208,22 @@ def test_spans_of_a_stage_that_touch_are_drawn_as_one_bar() -> None:
         Span("settings", 0.105, 0.3),
         Span("tunnel", 0.3, 0.41),
     ]
+
+
+def test_untrusted_text_gets_no_automatic_link_mention_strike_math_or_hidden_character() -> None:
+    # GitHub links a URL, a www. address, an e-mail, a mention or an issue reference in any text, escaped or not.
+    raised = "see https://evil.example/login or www.evil.example, me@evil.example, @octocat #1 ~~gone~~ $x^2$"
+    hidden = "invoice\u202egnp.exe\x1b[31m\u200bx"
+    shown = summary.text(raised + " " + hidden)
+    for linked in ("https://", "www.evil", "me@evil", "@octocat", "#1"):
+        assert linked not in shown, linked
+    assert not re.search(r"(?<!\\)[~$]", shown), "a strike or math delimiter left unescaped"
+    assert "\u202e" not in shown
+    assert "\x1b" not in shown
+    assert "\u200b" not in shown
+    assert "invoice(U+202E)gnp.exe(U+001B)\\[31m(U+200B)x" in shown
+    # What a reader sees is the same characters (an entity, or a word joiner after the trigger).
+    seen = html.unescape(shown).replace("\u2060", "").replace("\\", "")
+    assert seen.startswith(raised)
+    assert summary.code(hidden) == summary.text(hidden), "a code span would show the hidden characters raw"
+    assert summary.code("https://x.example") == "`https://x.example`"  # a code span links nothing
