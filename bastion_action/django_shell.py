@@ -37,7 +37,10 @@ def emit(marker, document, chunk={CHUNK_CHARS}):
 
 
 def new_marker(kind: str) -> str:
-    """``bastion-migrate-<kind>-<24 hex>``: unguessable, so nothing the project prints can pose as the answer."""
+    """``bastion-migrate-<kind>-<24 hex>``: unguessable, so no output (a log line, a database's message) can
+    pose as the answer. The project's own code is another matter: it runs in the same process, where it can
+    read the marker (the script holds it), and could as well change django_migrations itself; the answer is
+    only as trustworthy as that code, which is why its callers check its shape and the rows it claims."""
     return f"bastion-migrate-{kind}-{secrets.token_hex(12)}"
 
 
