@@ -99,8 +99,8 @@ def test_lint_weighs_each_hazard_with_its_table_and_places_it_on_the_file(action
     assert "file=sample/hazards/migrations/0017_acknowledged.py,line=9::" in acknowledged[0]
 
     # The summary's table: the same rule, low on the small table and high on the big one.
-    assert re.search(r"\| `hazards\.0003_index_small`.*\| `hazards_small` \| ~12 rows.*\| 🟢 low \|", run.summary)
-    assert re.search(r"\| `hazards\.0004_index_big`.*\| `hazards_big` \| ~150,000 rows.*\| 🔴 high \|", run.summary)
+    assert re.search(r"\| `hazards\.0003_index_small`.*\| `hazards_small` \| \\~12 rows.*\| 🟢 low \|", run.summary)
+    assert re.search(r"\| `hazards\.0004_index_big`.*\| `hazards_big` \| \\~150,000 rows.*\| 🔴 high \|", run.summary)
     assert "acknowledged (high)" in run.summary
     assert run.report["lint"]["risk"] == "high"
 
