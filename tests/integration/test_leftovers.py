@@ -79,6 +79,17 @@ def watched(lab: Lab, database: str) -> Iterator[list[tuple[int, int]]]:
         sampler.join()
 
 
+def lose_the_lock(lab: Lab, database: str) -> None:
+    """End the session holding the action's lock on ``database``, as an administrator (or a pooler) would."""
+    holder = admin_sql(
+        lab,
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1651733614 "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        database,
+    )
+    admin_sql(lab, f"SELECT pg_terminate_backend({int(holder)})")
+
+
 def migrating(base_inputs: dict[str, str], lab: Lab, mode: str, **more: str) -> dict[str, str]:
     inputs = {**base_inputs, "command": "migrate", "extra-env": f"SAMPLE_MIGRATION_SLEEP={SLEEP}", **more}
     return with_docker(inputs, lab) if mode == "docker" else inputs
@@ -137,13 +148,7 @@ def test_a_lost_lock_ends_the_statement_on_a_new_session(base_inputs, lab, fresh
     process = start_action(migrating(base_inputs, lab, "lightweight"), tmp_path)
     try:
         wait_for(lambda: sleepers(lab, fresh_db), "the migration's statement", 60)
-        holder = admin_sql(
-            lab,
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1651733614 "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            fresh_db,
-        )
-        admin_sql(lab, f"SELECT pg_terminate_backend({int(holder)})")
+        lose_the_lock(lab, fresh_db)
         run = finish_action(process, tmp_path, started, timeout=15)
     finally:
         if process.poll() is None:
@@ -254,13 +259,7 @@ def test_a_lost_lock_ends_the_statement_before_the_command_is_stopped(base_input
     try:
         wait_for(lambda: sleepers(lab, fresh_db), "the command's statement", 60)
         [command] = [pid for pid in processes_mentioning(str(script)) if str(script) in psutil.Process(pid).cmdline()]
-        holder = admin_sql(
-            lab,
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 1651733614 "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            fresh_db,
-        )
-        admin_sql(lab, f"SELECT pg_terminate_backend({int(holder)})")
+        lose_the_lock(lab, fresh_db)
         wait_for(lambda: not sleepers(lab, fresh_db), "the statement ended", 15)
         assert psutil.pid_exists(command), "the statement outlived the command: it was ended only after the stop"
         run = finish_action(process, tmp_path / "run", started, timeout=20)
