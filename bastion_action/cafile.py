@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from bastion_action.errors import SettingsError
+
 FILE_NAME = "root.crt"
 
 
@@ -21,15 +23,33 @@ def written(pem: str | None) -> Iterator[str | None]:
     if not pem:
         yield None
         return
-    directory = tempfile.mkdtemp(prefix="bastion-migrate-ca-", dir=os.environ.get("RUNNER_TEMP") or None)
+    parent = os.environ.get("RUNNER_TEMP") or None
+    try:
+        directory = tempfile.mkdtemp(prefix="bastion-migrate-ca-", dir=parent)
+    except OSError as exc:
+        raise _unwritable(parent, exc) from exc
     try:
         path = Path(directory) / FILE_NAME
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as file:
-            file.write(pem.strip() + "\n")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as file:
+                file.write(pem.strip() + "\n")
+        except OSError as exc:
+            raise _unwritable(parent, exc) from exc
         yield str(path)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _unwritable(parent: str | None, exc: OSError) -> SettingsError:
+    """The runner cannot take the CA file (its disk full, RUNNER_TEMP not writable): before any connection."""
+    where = f"RUNNER_TEMP ({parent})" if parent else f"the temporary directory ({tempfile.gettempdir()})"
+    return SettingsError(
+        f"db-sslrootcert: the CA certificate could not be written to {where} for the command to read: {exc}",
+        hint="The runner's disk is full, or that directory is not writable: free space on the runner (an earlier "
+        "step, or a larger runner) and re-run.",
+        inputs=("db-sslrootcert",),
+    )
 
 
 def archive_for(database_url: str) -> bytes | None:

@@ -199,3 +199,16 @@ def test_the_container_gets_the_file_at_the_urls_path(ca: CA) -> None:
         assert extracted is not None
         assert extracted.read().decode() == ca.cert.strip() + "\n"
     assert cafile.archive_for(make_settings().db.url(5432)) is None
+
+
+def test_a_runner_that_cannot_take_the_ca_file_is_told_before_any_connection(
+    ca: CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNNER_TEMP", str(tmp_path / "gone"))
+    with pytest.raises(SettingsError) as info, cafile.written(ca.cert):
+        pass
+    assert info.value.message.startswith(
+        f"db-sslrootcert: the CA certificate could not be written to RUNNER_TEMP ({tmp_path / 'gone'}) for the "
+        "command to read: [Errno 2] No such file or directory"
+    )
+    assert "The runner's disk is full" in info.value.hint
