@@ -96,6 +96,9 @@ def within_summary_limit(markdown: str) -> str:
     return kept[: kept.rfind("\n") + 1] + note
 
 
+_MIN_CUT = 4  # a secret's start shorter than this, before an ellipsis, is left: it would blank out common words
+
+
 class Console:
     """Masks, redacts, and writes log lines, annotations, outputs and the summary."""
 
@@ -135,6 +138,30 @@ class Console:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
+        if "…" in text or "..." in text:
+            text = self._cut_secrets(text)
+        return text
+
+    def _cut_secrets(self, text: str) -> str:
+        """A secret's start right before an ellipsis is masked too: text shortened for display (Django's plan
+        cuts a RunSQL at 40 characters, then ``…``) may end inside a secret, which no longer matches whole."""
+        for ellipsis in ("…", "..."):
+            end = text.find(ellipsis)
+            while end >= 0:
+                for secret in self._secrets:
+                    cut = next(
+                        (
+                            size
+                            for size in range(min(len(secret) - 1, end), _MIN_CUT - 1, -1)
+                            if text.startswith(secret[:size], end - size)
+                        ),
+                        0,
+                    )
+                    if cut:
+                        text = text[: end - cut] + "***" + text[end:]
+                        end += 3 - cut
+                        break
+                end = text.find(ellipsis, end + len(ellipsis))
         return text
 
     # -- log -----------------------------------------------------------------

@@ -12,7 +12,7 @@ total again, and fails on anything malformed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bastion_action import django_shell
 from bastion_action.django_shell import UnreadableError
@@ -108,11 +108,17 @@ def _clean(text: str) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-def read(text: str, marker: str, keys: Sequence[str]) -> dict[str, str]:
+def _whole(text: str) -> int:
+    return len(text)
+
+
+def read(text: str, marker: str, keys: Sequence[str], safe_length: Callable[[str], int] = _whole) -> dict[str, str]:
     """Each asked-for migration's SQL from the step's output, in the order asked, capped again.
 
     A migration ``sqlmigrate`` failed on gets a ``-- sqlmigrate failed: ...`` comment instead; one past
     the total cap, a comment saying so. Raises ``UnreadableError`` when no whole answer is there.
+    A text cut short (by the step, in the project's process, or here) ends at ``safe_length`` of it:
+    not inside a secret, which redaction could no longer see whole.
     """
     answer = django_shell.answer(marker, text)
     if not isinstance(answer, dict):
@@ -130,7 +136,10 @@ def read(text: str, marker: str, keys: Sequence[str]) -> dict[str, str]:
             continue
         error = entry.get("error")
         if isinstance(error, str):
-            collected[key] = "-- sqlmigrate failed: " + " ".join(_clean(error[:ERROR_CHARS]).decode().split()) + "\n"
+            if len(error) >= ERROR_CHARS:  # cut by the step
+                error = error[:ERROR_CHARS]
+                error = error[: safe_length(error)] + " …"
+            collected[key] = "-- sqlmigrate failed: " + " ".join(_clean(error).decode().split()) + "\n"
             continue
         sql, more = entry.get("sql"), entry.get("more")
         if not isinstance(sql, str) or not isinstance(more, int) or isinstance(more, bool) or more < 0:
@@ -139,6 +148,8 @@ def read(text: str, marker: str, keys: Sequence[str]) -> dict[str, str]:
         data = _clean(sql)
         room = min(PER_MIGRATION_BYTES, TOTAL_BYTES - spent)
         kept = data[:room].decode("utf-8", "ignore")
+        if more or len(kept) < len(sql):
+            kept = kept[: safe_length(kept)]
         more += len(data) - len(kept.encode())
         spent += len(kept.encode())
         collected[key] = kept + not_collected(more) if more else kept

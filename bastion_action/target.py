@@ -512,7 +512,7 @@ class _Database:
         label = f"[{self.target.label}] " if self.target.label else ""
         try:
             code, output = await self.follow_up(runner, argv, shown, opened, conceal=marker)
-            collected = show_sql.read(output, marker, keys) if code == 0 else None
+            collected = show_sql.read(output, marker, keys, self.console.safe_length) if code == 0 else None
         except (show_sql.UnreadableError, CommandError) as exc:
             why = exc.message if isinstance(exc, CommandError) else str(exc)
             self.console.warning(f"{label}show-sql: no SQL collected: {why}")

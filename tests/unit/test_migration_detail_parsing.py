@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bastion_action import inputs, migrations, show_sql
+from bastion_action.gha import Console
 from bastion_action.launch import launch
 from bastion_action.outcome import UNKNOWN, Outcome
 from bastion_action.output import LINE_HEAD, LineSplitter
@@ -329,3 +330,40 @@ async def test_concealed_lines_are_kept_for_parsing_but_not_shown() -> None:
     assert await launched.wait() == 0
     assert stream.getvalue().splitlines() == ["== show-sql", "shown", f"{MARKER[:5]} not the marker after all"]
     assert list(launched.output) == ["shown", f"{MARKER} 0 {{}}", f"{MARKER[:5]} not the marker after all"]
+
+
+def test_sql_or_an_error_cut_short_never_ends_inside_a_secret() -> None:
+    # The step caps each migration's SQL and each error in the project's process, before the action's
+    # redaction: a cap falling inside the password left most of it, which no longer matched whole.
+    console = Console({})
+    password = "Mi:gr@te/#%pw1"
+    console.mask([password])
+    sql = ("A" + password) * 6000  # the 64 KiB cap falls somewhere inside a copy of it
+    cut_at = show_sql.PER_MIGRATION_BYTES
+    error = "RuntimeError: cannot describe: " + "y" * (show_sql.ERROR_CHARS - 36) + password
+    document = {
+        "a.0001_initial": {"sql": sql[:cut_at], "more": len(sql) - cut_at},
+        "a.0002_x": {"error": error[: show_sql.ERROR_CHARS]},
+    }
+    lines = answer_lines(MARKER, document, 30_000)
+    collected = show_sql.read("\n".join(lines), MARKER, ["a.0001_initial", "a.0002_x"], console.safe_length)
+    for text in collected.values():
+        shown = console.redact(text)
+        assert not [size for size in range(4, len(password)) if password[:size] in shown.replace("***", "")]
+    assert (
+        collected["a.0001_initial"]
+        .rstrip("\n")
+        .endswith("more bytes not collected: show-sql keeps 64 KiB per migration]")
+    )
+    assert collected["a.0002_x"].endswith("yyy …\n")
+
+
+def test_a_secret_s_start_before_an_ellipsis_is_masked() -> None:
+    # Django's plan shortens a RunSQL to 40 characters and an ellipsis.
+    console = Console({})
+    console.mask(["Mi:gr@te/#%pw1"])
+    assert console.redact("Raw SQL operation -> ALTER ROLE migrator PASSWORD 'Mi:gr…") == (
+        "Raw SQL operation -> ALTER ROLE migrator PASSWORD '***…"
+    )
+    assert console.redact("'Mi:gr@te...' and 'Mi:g...'") == "'***...' and '***...'"
+    assert console.redact("Mi… and plain … text") == "Mi… and plain … text"  # too short to tell from a word
