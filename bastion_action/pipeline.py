@@ -148,7 +148,9 @@ class _Run:
         self.run = run
         self.clock = clock
         self.validated = asyncio.Event()  # settings fully checked: the registry may be contacted
-        self.chain: asyncio.Future[tunnel.Chain] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.chain: asyncio.Future[tunnel.Chain] = loop.create_future()
+        self.deadline = loop.time() + settings.timeout  # the run's timeout, as the event loop's clock reads it
 
     def targets(self, stack: contextlib.AsyncExitStack) -> list[Target]:
         """Each database's gate socket, bound now (a busy local-port fails in the settings stage)."""
@@ -254,7 +256,7 @@ class _Run:
             with self.clock.stage_of(Stage.SETTINGS):
                 targets = self.targets(stack)
             runner, second, pulling = await self.runners(stack)
-            shared = Shared(settings, self.console, runner, self.chain, second)
+            shared = Shared(settings, self.console, runner, self.chain, second, deadline=self.deadline)
             limit = asyncio.Semaphore(settings.concurrency)
             # Each database's command starts now, while the SSH connection comes up.
             workers = [asyncio.ensure_future(self.one(shared, target, limit)) for target in targets]

@@ -37,6 +37,8 @@ LINK_GRACE_SECONDS = 0.5
 # What a command left busy on the server is ended before the lock goes: this long at most (a cancelled run
 # ends within 10 s), half of it waiting for the ended sessions' server processes to exit.
 LEFTOVER_SECONDS = 2.0
+# show-sql, which never fails the run, stops this long before the run's timeout: the run ends as it would have.
+SHOW_SQL_MARGIN_SECONDS = 5.0
 COMMAND_SESSION_PREFIX = "bastion-migrate command"  # its sessions' application_name: this, then the path's own token
 
 
@@ -49,6 +51,7 @@ class Shared:
     runner: Runner | None  # where the command runs; None for `probe`, which runs nothing
     chain: asyncio.Future[tunnel.Chain]  # the SSH connection to the bastion, once it is up
     second: Runner | None = None  # compare mode: the image's view, run after the runner's
+    deadline: float | None = None  # when the run's timeout ends it (the event loop's clock); None: never
 
 
 @dataclasses.dataclass(frozen=True)
@@ -511,8 +514,16 @@ class _Database:
         shown = f"show-sql: sqlmigrate of {len(keys)} migration(s)"
         label = f"[{self.target.label}] " if self.target.label else ""
         try:
-            code, output = await self.follow_up(runner, argv, shown, opened, conceal=marker)
+            deadline = self.shared.deadline
+            async with asyncio.timeout_at(None if deadline is None else deadline - SHOW_SQL_MARGIN_SECONDS):
+                code, output = await self.follow_up(runner, argv, shown, opened, conceal=marker)
             collected = show_sql.read(output, marker, keys, self.console.safe_length) if code == 0 else None
+        except TimeoutError:
+            self.console.warning(
+                f"{label}show-sql: no SQL collected: sqlmigrate was still running {SHOW_SQL_MARGIN_SECONDS:g} s before "
+                f"the run's timeout ({self.settings.timeout:g} s), and show-sql never fails the run"
+            )
+            return
         except (show_sql.UnreadableError, CommandError) as exc:
             why = exc.message if isinstance(exc, CommandError) else str(exc)
             self.console.warning(f"{label}show-sql: no SQL collected: {why}")

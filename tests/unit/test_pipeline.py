@@ -22,7 +22,7 @@ from factories import make_settings
 from local_postgres import Postgres, running_postgres
 from sshd import SSHD, pending_tasks, refuses
 
-from bastion_action import lock, pipeline
+from bastion_action import lock, pipeline, target
 from bastion_action.clock import Clock
 from bastion_action.errors import (
     CommandError,
@@ -896,3 +896,26 @@ async def test_a_roles_shorter_idle_session_timeout_does_not_end_the_lease(sshd,
             await cleanup.close()
     assert run.result is Result.SUCCESS, run.error
     assert seen[0] is not None  # still held by the action's session, long past the role's 1 s
+
+
+class HangingSqlmigrate(ScriptedRunner):
+    """Migrates as ScriptedRunner does; the show-sql step (``manage.py shell -c``) never answers."""
+
+    async def run(self, argv: Sequence[str], *, database_url: str, output: Output, application_name: str = "") -> int:
+        if "shell" in argv:
+            await asyncio.sleep(60)
+        return await super().run(argv, database_url=database_url, output=output, application_name=application_name)
+
+
+async def test_a_show_sql_step_that_hangs_does_not_fail_a_migrate_that_succeeded(sshd, postgres, databases) -> None:
+    # show-sql never fails the run: it stops short of the run's timeout, which would have failed the run
+    # (and sent a workflow's rollback step after a good migrate).
+    name = await databases()
+    started = time.monotonic()
+    run = await execute(HangingSqlmigrate(), sshd, postgres, name, show_sql="true", timeout="8")
+    assert run.error is None, run.error
+    assert run.result is Result.SUCCESS
+    assert run.applied == [f"{app}.{migration}" for app, migration in MIGRATIONS]
+    assert run.sql is None
+    assert time.monotonic() - started < 8 - target.SHOW_SQL_MARGIN_SECONDS + 2
+    await nothing_left(run.tunnel_port)
