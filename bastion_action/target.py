@@ -321,19 +321,17 @@ class _Database:
             output = "\n".join(self.main.output)
             self.debug(f"command: exit code {result.exit_code}, {len(self.main.output)} line(s) kept for the results")
             second = self.shared.second
+            compared: CommandError | None = None  # compare mode: the image's view failed, or differs
             if second is not None and result.exit_code == 0:
-                argv = command_argv(settings)
-                code, in_image = await self.follow_up(second, argv, title(settings, second, argv), opened)
-                if code != 0:
-                    result.exit_code = code
-                else:
-                    result.drift, drifted = outcome.drift(output, in_image)
-                    if drifted is not None:
-                        raise drifted
+                compared = await self.compare(second, output, opened)
+        # The migration outputs come from the runner's view, whatever the image's said.
         found = await self.results(opened, session, before, output) if settings.command.django else None
         if found is not None and settings.show_sql:
             await self.collect_sql(found, opened)
-        if settings.command is Command.ROLLBACK:
+        if compared is not None:
+            failure: CommandError | None = compared
+            result.exit_code = compared.exit_code or 1
+        elif settings.command is Command.ROLLBACK:
             failure = self.rollback_verdict(found, output)
         else:
             failure = outcome.verdict(settings.command, command_argv(settings), result.exit_code, found, output)
@@ -344,6 +342,25 @@ class _Database:
             result.exit_code = 1
         if failure is not None:
             raise failure
+
+    async def compare(self, second: Runner, on_runner: str, opened: tunnel.Tunnel) -> CommandError | None:
+        """Compare mode: the same command in the image; its failure (named as the image's, with its own last
+        lines in the summary), or the drift between the two views, or None."""
+        settings, result = self.settings, self.result
+        argv = command_argv(settings)
+        code, in_image = await self.follow_up(second, argv, title(settings, second, argv), opened)
+        if code != 0:
+            result.output_tail = [self.console.redact(line) for line in in_image.splitlines()[-TAIL_LINES:]]
+            failed = outcome.verdict(settings.command, argv, code, None, in_image)
+            assert failed is not None  # noqa: S101 - a non-zero exit code is always a failure
+            return CommandError(
+                f"in the image: {failed.message}",
+                hint=failed.hint.replace("The command's", "The image's view's"),
+                anchor=failed.anchor,
+                exit_code=code,
+            )
+        result.drift, drifted = outcome.drift(on_runner, in_image)
+        return drifted
 
     async def results(
         self, opened: tunnel.Tunnel, session: database.Session, before: list[tuple[str, str]] | None, output: str

@@ -220,9 +220,34 @@ def test_compare_mode_shows_the_drift(action, docker_inputs, lab, tmp_path) -> N
     assert_failed_in(run, "command")
     assert "catalog.0003_newer_than_the_image only on the runner" in run.annotations[0]
     assert "The runner and the image differ" in run.summary
+    assert run.outputs["exit-code"] == "1"
+    # The migration outputs come from the runner's view, drift or not.
+    catalog = json.loads(run.outputs["migrations"])["catalog"]
+    assert [migration["name"] for migration in catalog][-1] == "0003_newer_than_the_image"
+    assert "| command exit code | 1 |" in run.summary
     wrong = action({**inputs, "command": "migrate"})
     assert_failed_in(wrong, "settings")
     assert "command: expected showmigrations with mode: compare" in wrong.annotations[0]
+
+
+def test_compare_mode_names_the_image_when_its_view_fails(action, docker_inputs, lab, tmp_path) -> None:
+    checkout = tmp_path / "checkout"
+    shutil.copytree(lab["sample_project"], checkout, ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "sampleproject/runner_only.py").write_text("from sampleproject.settings import *  # noqa\n")
+    inputs = {
+        **docker_inputs,
+        "mode": "compare",
+        "python": lab["runner_python"],
+        "working-directory": str(checkout),
+        "django-settings-module": "sampleproject.runner_only",  # not in the image
+        "command": "showmigrations",
+    }
+    run = action(inputs)
+    assert_failed_in(run, "command")
+    assert "in the image: `manage.py showmigrations` exited with code 1: ModuleNotFoundError" in run.annotations[0]
+    assert "The image's view's last lines of output are in the step summary." in run.annotations[0]
+    assert "ModuleNotFoundError" in run.summary  # its last lines, not the runner's listing
+    assert json.loads(run.outputs["migrations"])["catalog"], "the migration outputs are the runner's view"
 
 
 # Passes the Docker API through, holding back the daemon's answer to a container create as a busy daemon would.
