@@ -189,7 +189,7 @@ class Finding:
 class Report:
     findings: tuple[Finding, ...]
     thresholds: Thresholds
-    unread: tuple[str, ...] = ()  # migrations that could not be read (their error), judged by nothing
+    unread: tuple[str, ...] = ()  # migrations that could not be read, operations whose SQL could not be produced
 
     @property
     def risk(self) -> Risk:
@@ -439,8 +439,17 @@ def judge(migrations: Sequence[MigrationFacts], tables: Mapping[str, TableFacts]
                         note=note,
                     )
                 )
-    unread = tuple(f"{migration.key}: {migration.error}" for migration in migrations if migration.error)
-    return Report(tuple(findings), thresholds, unread)
+    unread = [f"{migration.key}: {migration.error}" for migration in migrations if migration.error]
+    # An operation whose SQL Django could not produce is judged by its kind alone: said, not passed over.
+    unread += [
+        f"{migration.key}: operation {index + 1} ({part.description or part.kind}): its SQL could not be "
+        f"produced, so it was judged by its kind alone: {part.error}"
+        for migration in migrations
+        for index, operation in enumerate(migration.operations)
+        for part in operation.all()
+        if part.error
+    ]
+    return Report(tuple(findings), thresholds, tuple(unread))
 
 
 def size(count: int) -> str:

@@ -403,3 +403,21 @@ def test_the_summary_table_renders_and_the_report_follows_its_schema() -> None:
         assert "**Lint:** risk 🔴 **high**, 2 finding(s)" in text
         assert_tables_render(text)
         assert_report_valid(report.document(run))
+
+
+def test_an_operation_whose_sql_django_could_not_produce_is_said_not_passed_over() -> None:
+    # sqlmigrate of a migration altering a table an earlier pending migration creates fails to introspect it:
+    # that operation is judged by its kind alone, and the run says so (a warning, the summary, the report).
+    failed = Operation("AlterField", "Alter field sku on product", error="ProgrammingError: no such table")
+    inner = Operation("SeparateDatabaseAndState", inner=(Operation("RunSQL", error="ValueError: bad"),))
+    judged = lint.judge([MigrationFacts("shop.0002_x", operations=(failed, inner))], {}, THRESHOLDS)
+    assert judged.unread == (
+        (
+            "shop.0002_x: operation 1 (Alter field sku on product): its SQL could not be produced, so it was judged by "
+            "its kind alone: ProgrammingError: no such table"
+        ),
+        (
+            "shop.0002_x: operation 2 (RunSQL): its SQL could not be produced, so it was judged by its kind alone: "
+            "ValueError: bad"
+        ),
+    )
