@@ -189,7 +189,7 @@ def verdict(
         died_of = cause(output)
         return CommandError(
             f"`{' '.join(argv)}` exited with code {exit_code}"
-            + (f" while applying {failing}" if failing else "")
+            + (f" while {'unapplying' if command is Command.ROLLBACK else 'applying'} {failing}" if failing else "")
             + (f": {fired[0]}" if fired else f": {died_of}" if died_of else ""),
             hint=fired[1] if fired else "The command's last lines of output are in the step summary.",
             anchor="server-side-timeouts" if fired else "",

@@ -257,3 +257,12 @@ def test_drift_between_the_runner_and_the_image() -> None:
 
 def test_no_drift_when_both_agree() -> None:
     assert outcome.drift(SHOWMIGRATIONS, SHOWMIGRATIONS) == ([], None)
+
+
+def test_a_failed_rollback_names_the_migration_it_was_unapplying() -> None:
+    found = outcome.Outcome(applied=[], migrations={}, pending=[], failed_migration="catalog.0003_review")
+    error = outcome.verdict(Command.ROLLBACK, ["manage.py migrate catalog 0002_product_sku"], 1, found)
+    assert error is not None
+    assert error.message == (
+        "`manage.py migrate catalog 0002_product_sku` exited with code 1 while unapplying catalog.0003_review"
+    )
