@@ -342,6 +342,22 @@ SAMPLE_MIGRATIONS = (
 )
 
 
+def recorded_migrations(lab: dict[str, Any], database: str) -> list[str]:
+    """``app.name`` of each row of ``database``'s django_migrations, in the order recorded (none: no table)."""
+    if admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database) != "t":
+        return []
+    return admin_sql(lab, "SELECT app || '.' || name FROM django_migrations ORDER BY id", database).splitlines()
+
+
+def sleepers(lab: dict[str, Any], database: str) -> list[str]:
+    """The application_name of each session of ``database`` running ``pg_sleep`` (the sample's slow migration)."""
+    query = (
+        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'active' AND query LIKE 'SELECT pg_sleep%' ORDER BY 1"
+    )
+    return admin_sql(lab, query, database).splitlines()
+
+
 def applied_rows(lab: dict[str, Any], database: str) -> int:
     """Rows in ``database``'s django_migrations; 0 before Django has created the table."""
     exists = admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database)

@@ -28,6 +28,8 @@ from support import (
     assert_failed_in,
     finish_action,
     owned_databases,
+    recorded_migrations,
+    sleepers,
     start_action,
     table_locked,
     unique,
@@ -178,7 +180,7 @@ def test_a_dead_link_frees_the_lock_and_the_migrations_transaction_on_the_server
     timings = f"noticed {noticed:.1f} s, lock gone {lock_gone:.1f} s, transaction gone {transaction_gone:.1f} s"
     # Ended by the server's bound once the sleep was over, not by anything on the bastion's side.
     assert IDLE_IN_TRANSACTION < transaction_gone < SLEEP + IDLE_IN_TRANSACTION + 5, timings
-    assert "audit.0002_test_hooks" not in _recorded(lab, fresh_db)  # rolled back with the session
+    assert "audit.0002_test_hooks" not in recorded_migrations(lab, fresh_db)  # rolled back with the session
 
     again = finish_action(
         start_action({**inputs, "extra-env": ""}, tmp_path / "again"), tmp_path / "again", time.monotonic()
@@ -186,21 +188,11 @@ def test_a_dead_link_frees_the_lock_and_the_migrations_transaction_on_the_server
     assert again.returncode == 0, again.explain()
     assert again.outputs["result"] == "success"
     assert json.loads(again.outputs["applied"]) == ["audit.0002_test_hooks"]
-    assert sorted(_recorded(lab, fresh_db)) == sorted(SAMPLE_MIGRATIONS)
+    assert sorted(recorded_migrations(lab, fresh_db)) == sorted(SAMPLE_MIGRATIONS)
 
 
 def _sleeping(lab: Lab, database: str) -> bool:
-    query = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
-        "AND query LIKE 'SELECT pg_sleep%'"
-    )
-    return admin_sql(lab, query, database) == "1"
-
-
-def _recorded(lab: Lab, database: str) -> list[str]:
-    if admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database) != "t":
-        return []
-    return admin_sql(lab, "SELECT app || '.' || name FROM django_migrations ORDER BY id", database).splitlines()
+    return len(sleepers(lab, database)) == 1
 
 
 def test_with_the_default_inputs_the_link_is_named_and_the_lock_freed_within_its_lease(
@@ -250,7 +242,7 @@ def test_a_dead_link_mid_rollback_frees_the_lock_and_unapplies_nothing(base_inpu
     assert_failed_in(run, "tunnel")
     assert noticed < 4 * KEEPALIVE + 2, f"noticed after {noticed:.1f} s\n{run.explain()}"
     assert lock_gone < LEASE + 5, f"the lock outlived the link by {lock_gone:.1f} s"
-    assert sorted(_recorded(lab, fresh_db)) == sorted(SAMPLE_MIGRATIONS), "the backwards step rolled back"
+    assert sorted(recorded_migrations(lab, fresh_db)) == sorted(SAMPLE_MIGRATIONS), "the backwards step rolled back"
     assert json.loads(run.outputs.get("unapplied") or "[]") == []
 
     again = finish_action(
@@ -258,7 +250,7 @@ def test_a_dead_link_mid_rollback_frees_the_lock_and_unapplies_nothing(base_inpu
     )
     assert again.returncode == 0, again.explain()
     assert json.loads(again.outputs["unapplied"]) == ["audit.0002_test_hooks"]
-    assert "audit.0002_test_hooks" not in _recorded(lab, fresh_db)
+    assert "audit.0002_test_hooks" not in recorded_migrations(lab, fresh_db)
 
 
 def _waiting_readers(lab: Lab, database: str) -> int:

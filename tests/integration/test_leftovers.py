@@ -27,6 +27,8 @@ from support import (
     assert_failed_in,
     finish_action,
     processes_mentioning,
+    recorded_migrations,
+    sleepers,
     start_action,
     wait_for,
     with_docker,
@@ -36,21 +38,6 @@ Lab = dict[str, Any]
 
 SLEEP = 60  # s: the migration's statement; every test here ends long before it would
 PREFIX = "bastion-migrate command "
-
-
-def sleepers(lab: Lab, database: str) -> list[str]:
-    """The application_name of each session of ``database`` running ``pg_sleep``."""
-    query = (
-        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
-        "AND state = 'active' AND query LIKE 'SELECT pg_sleep%' ORDER BY 1"
-    )
-    return admin_sql(lab, query, database).splitlines()
-
-
-def recorded(lab: Lab, database: str) -> list[str]:
-    if admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database) != "t":
-        return []
-    return admin_sql(lab, "SELECT app || '.' || name FROM django_migrations ORDER BY id", database).splitlines()
 
 
 @contextlib.contextmanager
@@ -123,12 +110,12 @@ def test_a_cancelled_migrations_statement_is_ended_before_the_lock_goes(
     assert run.returncode == 128 + signal.SIGTERM, run.explain()
     assert_ended_before_the_lock_went(run, samples)
     assert sleepers(lab, fresh_db) == []
-    assert "audit.0002_test_hooks" not in recorded(lab, fresh_db), "rolled back with its session"
+    assert "audit.0002_test_hooks" not in recorded_migrations(lab, fresh_db), "rolled back with its session"
     assert not run.leaks(secrets)
     workdir = tmp_path / "again"
     again = finish_action(start_action({**base_inputs, "command": "migrate"}, workdir), workdir, time.monotonic())
     assert again.returncode == 0, again.explain()
-    assert "audit.0002_test_hooks" in recorded(lab, fresh_db)
+    assert "audit.0002_test_hooks" in recorded_migrations(lab, fresh_db)
 
 
 def test_a_timed_out_migrations_statement_is_ended(base_inputs, lab, fresh_db, tmp_path) -> None:
@@ -156,7 +143,7 @@ def test_a_lost_lock_ends_the_statement_on_a_new_session(base_inputs, lab, fresh
     assert_failed_in(run, "lock")
     assert "command: ended 1 session(s) it left busy on the server" in run.stdout, run.explain()
     assert sleepers(lab, fresh_db) == []
-    assert "audit.0002_test_hooks" not in recorded(lab, fresh_db)
+    assert "audit.0002_test_hooks" not in recorded_migrations(lab, fresh_db)
 
 
 def test_sessions_the_action_did_not_name_are_never_ended(base_inputs, lab, fresh_db, tmp_path) -> None:

@@ -16,19 +16,13 @@ from support import (
     admin_sql,
     finish_action,
     processes_mentioning,
+    recorded_migrations,
     start_action,
     start_lock_holder,
     with_docker,
 )
 
 SAMPLE = list(SAMPLE_MIGRATIONS)
-
-
-def recorded(lab, database: str) -> list[str]:
-    if admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database) != "t":
-        return []
-    rows = admin_sql(lab, "SELECT app || '.' || name FROM django_migrations ORDER BY id", database)
-    return rows.splitlines()
 
 
 def test_check_plan_migrate_check(action, base_inputs, lab, fresh_db) -> None:
@@ -49,11 +43,11 @@ def test_check_plan_migrate_check(action, base_inputs, lab, fresh_db) -> None:
     assert plan.outputs["result"] == "success"
     assert plan.outputs["pending-count"] == "6"
     assert plan.outputs["applied-count"] == "0"
-    assert recorded(lab, fresh_db) == [], "plan changes nothing"
+    assert recorded_migrations(lab, fresh_db) == [], "plan changes nothing"
 
     migrate = action({**base_inputs, "command": "migrate"})
     assert migrate.returncode == 0, migrate.explain()
-    assert json.loads(migrate.outputs["applied"]) == recorded(lab, fresh_db)
+    assert json.loads(migrate.outputs["applied"]) == recorded_migrations(lab, fresh_db)
     assert sorted(json.loads(migrate.outputs["applied"])) == sorted(SAMPLE)
     assert migrate.outputs["applied-count"] == "6"
     assert migrate.outputs["pending-count"] == "0"
@@ -90,7 +84,7 @@ def test_failed_migrate_names_the_migration_and_what_is_left(action, base_inputs
     assert run.outputs["exit-code"] == "1"
     assert "while applying audit.0002_test_hooks" in run.annotations[0]
     assert json.loads(run.outputs["pending"]) == ["audit.0002_test_hooks"]
-    assert json.loads(run.outputs["applied"]) == recorded(lab, fresh_db)
+    assert json.loads(run.outputs["applied"]) == recorded_migrations(lab, fresh_db)
     assert "| failed on | `audit.0002_test_hooks` |" in run.summary
 
 
@@ -128,12 +122,14 @@ def test_two_concurrent_migrations_apply_each_migration_once(base_inputs, lab, f
         assert run.returncode == 0, run.explain()
         assert not run.leaks(secrets)
     applied = [json.loads(run.outputs["applied"]) for run in runs]
-    assert sorted(applied, key=len) == [[], recorded(lab, fresh_db)], "one applied all, the other none"
+    assert sorted(applied, key=len) == [[], recorded_migrations(lab, fresh_db)], "one applied all, the other none"
     waits = sorted(float(run.outputs["lock-wait-seconds"]) for run in runs)
     assert waits[1] > 1.5, "the second run waited for the first"
     waiter = runs[0] if float(runs[0].outputs["lock-wait-seconds"]) == waits[1] else runs[1]
     assert "lock: waiting for bastion-migrate" in waiter.stdout, "the holder is named while waiting"
-    assert recorded(lab, fresh_db) == [*dict.fromkeys(recorded(lab, fresh_db))], "no migration recorded twice"
+    assert recorded_migrations(lab, fresh_db) == [*dict.fromkeys(recorded_migrations(lab, fresh_db))], (
+        "no migration recorded twice"
+    )
 
 
 def test_lock_timeout_names_the_holder(action, base_inputs, lab, fresh_db) -> None:
@@ -148,14 +144,14 @@ def test_lock_timeout_names_the_holder(action, base_inputs, lab, fresh_db) -> No
     assert run.returncode == 1, run.explain()
     assert run.annotations[0].startswith("::error title=bastion-migrate%3A lock failed::")
     assert "held by other-deploy" in run.annotations[0]
-    assert recorded(lab, fresh_db) == [], "nothing ran without the lock"
+    assert recorded_migrations(lab, fresh_db) == [], "nothing ran without the lock"
 
 
 def test_killed_run_does_not_leave_the_lock_held(action, base_inputs, lab, fresh_db, tmp_path) -> None:
     slow = {**base_inputs, "command": "migrate", "extra-env": "SAMPLE_MIGRATION_SLEEP=30"}
     process = start_action(slow, tmp_path / "killed")
     deadline = time.monotonic() + 60
-    while "audit.0001_initial" not in recorded(lab, fresh_db) and time.monotonic() < deadline:
+    while "audit.0001_initial" not in recorded_migrations(lab, fresh_db) and time.monotonic() < deadline:
         time.sleep(0.2)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate(timeout=30)
@@ -164,8 +160,8 @@ def test_killed_run_does_not_leave_the_lock_held(action, base_inputs, lab, fresh
     run = action({**base_inputs, "command": "migrate", "lock-timeout": "20"})
     assert run.returncode == 0, run.explain()
     assert float(run.outputs["lock-wait-seconds"]) < 15
-    assert recorded(lab, fresh_db) == [*dict.fromkeys(recorded(lab, fresh_db))]
-    assert sorted(recorded(lab, fresh_db)) == sorted(SAMPLE)
+    assert recorded_migrations(lab, fresh_db) == [*dict.fromkeys(recorded_migrations(lab, fresh_db))]
+    assert sorted(recorded_migrations(lab, fresh_db)) == sorted(SAMPLE)
 
 
 def test_application_name_is_visible_to_operators(base_inputs, lab, tmp_path) -> None:
@@ -193,7 +189,7 @@ def test_without_the_lock_concurrent_migrations_collide(base_inputs, lab, fresh_
     started = time.monotonic()
     processes = [start_action(inputs, tmp_path / f"run{n}") for n in range(2)]
     runs = [finish_action(process, tmp_path / f"run{n}", started) for n, process in enumerate(processes)]
-    rows = recorded(lab, fresh_db)
+    rows = recorded_migrations(lab, fresh_db)
     failed = [run for run in runs if run.returncode != 0]
     recorded_twice = len(rows) != len(set(rows))
     assert failed or recorded_twice, "two unlocked runs should fail or apply a migration twice"

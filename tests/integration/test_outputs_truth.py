@@ -7,7 +7,7 @@ import re
 import shutil
 
 import pytest
-from support import SAMPLE_MIGRATIONS, admin_sql
+from support import SAMPLE_MIGRATIONS, admin_sql, recorded_migrations
 
 SQUASH = """from django.db import migrations, models
 
@@ -34,12 +34,6 @@ class Migration(migrations.Migration):
 """
 
 
-def recorded(lab, database: str) -> list[str]:
-    if admin_sql(lab, "SELECT to_regclass('django_migrations') IS NOT NULL", database) != "t":
-        return []
-    return admin_sql(lab, "SELECT app || '.' || name FROM django_migrations ORDER BY id", database).splitlines()
-
-
 def test_migrations_recorded_without_running_are_faked_not_applied(action, base_inputs, lab, fresh_db) -> None:
     first = action({**base_inputs, "command": "migrate", "args": "catalog 0001"})
     assert first.returncode == 0, first.explain()
@@ -63,12 +57,12 @@ def test_migrations_recorded_without_running_are_faked_not_applied(action, base_
 def test_unapplying_reports_the_removed_rows_as_unapplied(action, base_inputs, lab, fresh_db) -> None:
     full = action({**base_inputs, "command": "migrate"})
     assert full.returncode == 0, full.explain()
-    before = recorded(lab, fresh_db)
+    before = recorded_migrations(lab, fresh_db)
 
     run = action({**base_inputs, "command": "migrate", "args": "catalog 0001"})
     assert run.returncode == 0, run.explain()
     assert "Unapplying catalog.0002_product_sku... OK" in run.stdout
-    after = recorded(lab, fresh_db)
+    after = recorded_migrations(lab, fresh_db)
     unapplied = json.loads(run.outputs["unapplied"])
     assert unapplied == [key for key in before if key not in after]
     assert "catalog.0002_product_sku" in unapplied
