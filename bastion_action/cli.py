@@ -108,22 +108,12 @@ async def _execute(parsed: settings.Settings, console: Console) -> tuple[RunResu
     return run, (received[0] if received else None)
 
 
-def _redacted(value: object, console: Console) -> object:
-    """The report with every text redacted (masking the JSON text could miss a secret JSON escapes)."""
-    if isinstance(value, str):
-        return console.redact(value)
-    if isinstance(value, dict):
-        return {console.redact(str(key)): _redacted(item, console) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redacted(item, console) for item in value]
-    return value
-
-
 def _write_report(console: Console, run: RunResult, environ: Mapping[str, str]) -> str:
     """The JSON report, in the runner's temporary directory (readable by this user only); its path."""
     directory = Path(environ.get("RUNNER_TEMP") or tempfile.gettempdir())
     path = directory / f"{NAME}-report-{uuid.uuid4().hex[:12]}.json"
-    text = json.dumps(_redacted(report.document(run), console), indent=2, ensure_ascii=False)
+    # Every text of the document redacted again (not the JSON text: a secret JSON escapes would be missed).
+    text = json.dumps(redacted(report.document(run), console.redact), indent=2, ensure_ascii=False)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(text + "\n")
