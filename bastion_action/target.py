@@ -147,24 +147,25 @@ class _Database:
         self.marker = ""  # rollback: the marker of its step's answer
         self.check: rollback.Check | None = None  # rollback: what its step answered
 
-    def say(self, text: str) -> None:
+    def labelled(self, text: str) -> str:
+        """In a fan-out, the text after the database's label: ``[shop_a] text``."""
         label = self.target.label
-        self.console.line(f"[{label}] {text}" if label else text)
+        return f"[{label}] {text}" if label else text
+
+    def say(self, text: str) -> None:
+        self.console.line(self.labelled(text))
 
     def debug(self, text: str) -> None:
-        label = self.target.label
-        self.console.debug(f"[{label}] {text}" if label else text)
+        self.console.debug(self.labelled(text))
 
     def launch(self, runner: Runner, argv: list[str], shown: str, conceal: str = "") -> Launched:
-        label = self.target.label
-        shown = f"[{label}] {shown}" if label else shown
         return launch(
             self.console,
             runner,
             argv,
-            shown,
+            self.labelled(shown),
             database_url=self.url,
-            hold=bool(label),
+            hold=bool(self.target.label),  # fan-out: its output shown whole at its end
             conceal=conceal,
             application_name=self.application_name,
         )
@@ -220,9 +221,10 @@ class _Database:
         except (database.SessionsUnknown, TimeoutError) as exc:
             why = str(exc) or f"no answer within {LEFTOVER_SECONDS:g} s"
             self.console.warning(
-                f"{self._label()}command: its sessions still busy on the server could not be looked for ({why}); a "
-                f"statement it left running keeps its locks until it ends (pg_stat_activity, application_name "
-                f"'{name}')"
+                self.labelled(
+                    f"command: its sessions still busy on the server could not be looked for ({why}); a statement it "
+                    f"left running keeps its locks until it ends (pg_stat_activity, application_name '{name}')"
+                )
             )
             return
         # An idle one was ending anyway (its connection closed): ended without a word; a busy one is news.
@@ -235,9 +237,6 @@ class _Database:
             for one in busy
         )
         self.say(f"command: ended {len(busy)} session(s) it left busy on the server, rolled back: {described}")
-
-    def _label(self) -> str:
-        return f"[{self.target.label}] " if self.target.label else ""
 
     async def follow_up(
         self, runner: Runner, argv: list[str], shown: str, opened: tunnel.Tunnel, conceal: str = ""
@@ -443,7 +442,6 @@ class _Database:
         """
         settings, result, runner = self.settings, self.result, self.shared.runner
         keys = show_sql.wanted(Command.PLAN, found)
-        label = f"[{self.target.label}] " if self.target.label else ""
         if runner is None or keys is None:
             return self.lint_impossible("the migration state is unknown")
         facts: list[operations.MigrationFacts] = []
@@ -469,15 +467,17 @@ class _Database:
             note = " (acknowledged)" if finding.acknowledged else ""
             self.console.annotate(
                 level,
-                f"{label}{finding.migration}: {finding.operation}: {finding.reason}{note}. "
-                f"Table {finding.table or '-'}: {lint.scale(finding.facts)} ({finding.note}). "
-                f"Safer: {finding.safer}. See {finding.docs}",
+                self.labelled(
+                    f"{finding.migration}: {finding.operation}: {finding.reason}{note}. "
+                    f"Table {finding.table or '-'}: {lint.scale(finding.facts)} ({finding.note}). "
+                    f"Safer: {finding.safer}. See {finding.docs}"
+                ),
                 title=f"bastion-migrate lint: {finding.rule} ({finding.risk.value} risk)",
                 file=self.console.repository_path(where) if where is not None else "",
                 line=finding.line,
             )
         for unread in report.unread:
-            self.console.warning(f"{label}lint: not judged: {unread}")
+            self.console.warning(self.labelled(f"lint: not judged: {unread}"))
         counted = [finding for finding in report.findings if not finding.acknowledged]
         self.say(
             f"lint: {len(keys)} pending migration(s), {len(report.findings)} finding(s) "
@@ -500,7 +500,6 @@ class _Database:
 
     def lint_impossible(self, why: str) -> CommandError | None:
         settings = self.settings
-        label = f"[{self.target.label}] " if self.target.label else ""
         if settings.command is Command.LINT or settings.fail_on_risk is not None:
             return CommandError(
                 f"lint: the pending migrations could not be linted: {why}",
@@ -508,7 +507,7 @@ class _Database:
                 anchor="lint-risk",
                 exit_code=1,
             )
-        self.console.warning(f"{label}lint: not linted: {why}")
+        self.console.warning(self.labelled(f"lint: not linted: {why}"))
         return None
 
     async def collect_sql(self, found: outcome.Outcome, opened: tunnel.Tunnel) -> None:
@@ -529,7 +528,6 @@ class _Database:
         marker = show_sql.new_marker()
         argv = show_sql.argv(settings.app.manage_py, marker, keys)
         shown = f"show-sql: sqlmigrate of {len(keys)} migration(s)"
-        label = f"[{self.target.label}] " if self.target.label else ""
         try:
             deadline = self.shared.deadline
             async with asyncio.timeout_at(None if deadline is None else deadline - SHOW_SQL_MARGIN_SECONDS):
@@ -537,16 +535,20 @@ class _Database:
             collected = show_sql.read(output, marker, keys, self.console.safe_length) if code == 0 else None
         except TimeoutError:
             self.console.warning(
-                f"{label}show-sql: no SQL collected: sqlmigrate was still running {SHOW_SQL_MARGIN_SECONDS:g} s before "
-                f"the run's timeout ({self.settings.timeout:g} s), and show-sql never fails the run"
+                self.labelled(
+                    f"show-sql: no SQL collected: sqlmigrate was still running {SHOW_SQL_MARGIN_SECONDS:g} s before "
+                    f"the run's timeout ({self.settings.timeout:g} s), and show-sql never fails the run"
+                )
             )
             return
         except (show_sql.UnreadableError, CommandError) as exc:
             why = exc.message if isinstance(exc, CommandError) else str(exc)
-            self.console.warning(f"{label}show-sql: no SQL collected: {why}")
+            self.console.warning(self.labelled(f"show-sql: no SQL collected: {why}"))
             return
         if collected is None:
-            self.console.warning(f"{label}show-sql: no SQL collected: sqlmigrate exited with code {code} (see its log)")
+            self.console.warning(
+                self.labelled(f"show-sql: no SQL collected: sqlmigrate exited with code {code} (see its log)")
+            )
             return
         result.sql = {key: self.console.redact(sql) for key, sql in collected.items()}
         self.say(f"show-sql: the SQL of {len(collected)} migration(s) is in the report")
