@@ -119,19 +119,21 @@ class Console:
             for value in new:
                 self._command(command("add-mask", value))
 
+    def _secret_start_before(self, text: str, end: int, shortest: int = 1) -> int:
+        """How many characters before ``end`` are the start (not the whole) of a secret, the longest such start
+        of the first secret that has one; 0 if none is ``shortest`` or longer."""
+        for secret in self._secrets:
+            for size in range(min(len(secret) - 1, end), shortest - 1, -1):
+                if text.startswith(secret[:size], end - size):
+                    return size
+        return 0
+
     def safe_length(self, text: str) -> int:
         """How much of ``text`` may be shown when the rest follows later or never (a line shown in pieces,
         or cut short): no secret may be split at the end, where redaction could not see it whole."""
         cut = len(text)
-        changed = True
-        while changed:
-            changed = False
-            for secret in self._secrets:
-                for size in range(min(len(secret) - 1, cut), 0, -1):
-                    if text.startswith(secret[:size], cut - size):
-                        cut -= size
-                        changed = True
-                        break
+        while size := self._secret_start_before(text, cut):
+            cut -= size
         return cut
 
     def redact(self, text: str) -> str:
@@ -148,19 +150,9 @@ class Console:
         for ellipsis in ("…", "..."):
             end = text.find(ellipsis)
             while end >= 0:
-                for secret in self._secrets:
-                    cut = next(
-                        (
-                            size
-                            for size in range(min(len(secret) - 1, end), _MIN_CUT - 1, -1)
-                            if text.startswith(secret[:size], end - size)
-                        ),
-                        0,
-                    )
-                    if cut:
-                        text = text[: end - cut] + "***" + text[end:]
-                        end += 3 - cut
-                        break
+                if cut := self._secret_start_before(text, end, _MIN_CUT):
+                    text = text[: end - cut] + "***" + text[end:]
+                    end += 3 - cut
                 end = text.find(ellipsis, end + len(ellipsis))
         return text
 
