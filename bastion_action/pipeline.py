@@ -140,7 +140,14 @@ class _Run:
     """Builds what the databases share, then runs each (at most ``concurrency`` at once)."""
 
     def __init__(
-        self, settings: Settings, console: Console, run: RunResult, clock: Clock, runner: Runner | None
+        self,
+        settings: Settings,
+        console: Console,
+        run: RunResult,
+        clock: Clock,
+        runner: Runner | None,
+        *,
+        deadline: float | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -148,9 +155,8 @@ class _Run:
         self.run = run
         self.clock = clock
         self.validated = asyncio.Event()  # settings fully checked: the registry may be contacted
-        loop = asyncio.get_running_loop()
-        self.chain: asyncio.Future[tunnel.Chain] = loop.create_future()
-        self.deadline = loop.time() + settings.timeout  # the run's timeout, as the event loop's clock reads it
+        self.chain: asyncio.Future[tunnel.Chain] = asyncio.get_running_loop().create_future()
+        self.deadline = deadline  # when the run's timeout ends it (the event loop's clock)
 
     def targets(self, stack: contextlib.AsyncExitStack) -> list[Target]:
         """Each database's gate socket, bound now (a busy local-port fails in the settings stage)."""
@@ -300,8 +306,8 @@ async def execute(settings: Settings, console: Console, *, runner: Runner | None
     clock = Clock(run, console.debug)
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(settings.timeout):
-            await _Run(settings, console, run, clock, runner)()
+        async with asyncio.timeout(settings.timeout) as limit:
+            await _Run(settings, console, run, clock, runner, deadline=limit.when())()
     except (ActionError, TimeoutError) as exc:
         record(run, clock, settings, exc)
     except Exception as exc:  # noqa: BLE001 - a bug still ends in one annotation, outputs and a summary
