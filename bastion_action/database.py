@@ -153,7 +153,7 @@ async def _connect_with_retries(
     if isinstance(last, TimeoutError):
         reason = f"each attempt timed out after {timeout:g} s (connect-timeout)"
     else:
-        reason = f"{type(last).__name__}: {last}" if last else "no answer"
+        reason = _reason(last) if last else "no answer"
     raise ProbeError(
         f"no database answered at {db.host}:{db.port} through the tunnel after {PROBE_ATTEMPTS} attempts ({reason})",
         hint="Check db-host and db-port as seen from the bastion, that the database is up and accepts "
@@ -246,17 +246,17 @@ class Session:
         transaction rolls back, freeing its locks. Returns them once their server processes have
         exited, or after ``wait`` seconds.
         """
-        failures: list[BaseException] = []
+        broken: BaseException | None = None  # this session's failure, if it was tried
         if not self.connection.is_closed():
             try:
                 async with self.guard:
                     return await _end_sessions(self.connection, application_name, wait)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-                failures.append(exc)
+                broken = exc
         try:
             connection = await connect(self.db, port, self.timeout)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ssl.SSLError) as exc:
-            raise SessionsUnknown(_reason(exc)) from (failures[0] if failures else exc)
+            raise SessionsUnknown(_reason(exc)) from (broken or exc)
         try:
             return await _end_sessions(connection, application_name, wait)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
